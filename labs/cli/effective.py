@@ -1,0 +1,50 @@
+"""The report behind `--show-config`: every value with its source, and what they resolve to."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from labs.config import KEYS, Settings
+from labs.errors import LabsError
+
+
+def effective_config(settings: Settings) -> dict[str, Any]:
+    from labs.models.device import dtype_name, resolve_placement
+    from labs.models.gguf_cache import converted_folder_for, is_converted
+    from labs.models.resolve import resolve_model
+
+    rows = [
+        {"key": key.dotted, "env": key.env, "value": _shown(settings.values[key.dotted]), "source": settings.sources[key.dotted]}
+        for key in KEYS
+    ]
+    resolved: dict[str, str] = {}
+    try:
+        source = resolve_model(settings.generation.model_name, settings.model_aliases)
+        resolved["model"] = f"{source.name} -> {source.path} ({source.origin})"
+        if source.kind == "gguf":
+            folder = converted_folder_for(source.path, settings.paths.cache_dir)
+            state = "ready" if is_converted(folder) else "not yet converted (the first run converts it)"
+            resolved["converted model folder"] = f"{folder} ({state})"
+    except LabsError as error:
+        resolved["model"] = f"unavailable: {error}"
+    try:
+        placement = resolve_placement(
+            settings.generation.device_map, settings.generation.torch_dtype, settings.sources["generation.device_map"]
+        )
+        resolved["device"] = placement.device
+        resolved["dtype"] = f"{dtype_name(placement.dtype)} ({placement.reason})"
+    except LabsError as error:
+        resolved["device"] = f"unavailable: {error}"
+    return {
+        "config_file": str(settings.config_file) if settings.config_file else None,
+        "settings": rows,
+        "model_aliases": {
+            alias: {"target": target, "source": settings.alias_sources[alias]} for alias, target in settings.model_aliases.items()
+        },
+        "resolved": resolved,
+    }
+
+
+def _shown(value: Any) -> Any:
+    return str(value) if isinstance(value, Path) else value

@@ -1,0 +1,253 @@
+"""The configuration keys: one declaration per key, shared by labs.toml, LABS_* and CLI flags.
+
+Each key is declared once with its table, name, environment variable, parser and help text, so
+the loader, `--show-config`, the sample `labs.toml` and `.env.example` cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+Parser = Callable[[Any], Any]
+
+
+class ValueProblem(ValueError):
+    """Raised by a parser; the loader adds which key and source the value came from."""
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueProblem(f"expected a string, got {value!r}")
+    return value.strip()
+
+
+def _nonempty_text(value: Any) -> str:
+    text = _text(value)
+    if not text:
+        raise ValueProblem("must not be empty")
+    return text
+
+
+def _optional_text(value: Any) -> str | None:
+    text = _text(value)
+    return text or None
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in {"1", "true", "yes", "on"}:
+            return True
+        if lowered in {"0", "false", "no", "off"}:
+            return False
+    raise ValueProblem(f"expected true or false, got {value!r}")
+
+
+def _integer(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueProblem(f"expected an integer, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise ValueProblem(f"expected an integer, got {value!r}")
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueProblem(f"expected a number, got {value!r}")
+    if isinstance(value, (int, float)):
+        result = float(value)
+    elif isinstance(value, str):
+        try:
+            result = float(value.strip())
+        except ValueError:
+            raise ValueProblem(f"expected a number, got {value!r}") from None
+    else:
+        raise ValueProblem(f"expected a number, got {value!r}")
+    if result != result or result in (float("inf"), float("-inf")):
+        raise ValueProblem(f"expected a finite number, got {value!r}")
+    return result
+
+
+def integer_at_least(low: int) -> Parser:
+    def parse(value: Any) -> int:
+        number = _integer(value)
+        if number < low:
+            raise ValueProblem(f"must be >= {low}, got {number}")
+        return number
+
+    return parse
+
+
+def optional_integer_at_least(low: int) -> Parser:
+    """An integer, or empty / "none" for "not set" (e.g. an unset seed)."""
+
+    def parse(value: Any) -> int | None:
+        if isinstance(value, str) and value.strip().lower() in {"", "none"}:
+            return None
+        return integer_at_least(low)(value)
+
+    return parse
+
+
+def number_between(low: float, high: float, *, low_open: bool = False) -> Parser:
+    def parse(value: Any) -> float:
+        number = _number(value)
+        too_low = number <= low if low_open else number < low
+        if too_low or number > high:
+            bracket = "(" if low_open else "["
+            raise ValueProblem(f"must be in {bracket}{low}, {high}], got {number:g}")
+        return number
+
+    return parse
+
+
+def one_of(*choices: str, aliases: dict[str, str] | None = None) -> Parser:
+    table = {choice: choice for choice in choices} | (aliases or {})
+
+    def parse(value: Any) -> str:
+        text = _text(value).lower()
+        if text not in table:
+            raise ValueProblem(f"expected one of {', '.join(choices)}, got {value!r}")
+        return table[text]
+
+    return parse
+
+
+def _path(value: Any) -> Path:
+    return Path(_nonempty_text(value)).expanduser()
+
+
+def _optional_path(value: Any) -> Path | None:
+    text = _text(value)
+    return Path(text).expanduser() if text else None
+
+
+def _port(value: Any) -> int:
+    number = _integer(value)
+    if not 0 <= number <= 65535:
+        raise ValueProblem(f"must be a TCP port between 0 and 65535, got {number}")
+    return number
+
+
+_DTYPE_ALIASES = {
+    "bfloat16": "bf16",
+    "float16": "fp16",
+    "half": "fp16",
+    "float32": "fp32",
+    "float": "fp32",
+}
+DTYPE_CHOICES = ("auto", "bf16", "fp16", "fp32")
+COMPUTE_DTYPE_CHOICES = ("bf16", "fp16", "fp32")
+
+@dataclass(frozen=True)
+class Key:
+    """One configuration key."""
+
+    table: str
+    name: str
+    parse: Parser
+    default: Any
+    help: str
+    env: str
+    flag: str | None = None
+    toml: bool = True  # False for keys that decide where labs.toml is (LABS_HOME, LABS_CONFIG)
+
+    @property
+    def dotted(self) -> str:
+        return f"{self.table}.{self.name}"
+
+
+def _key(table: str, name: str, parse: Parser, default: Any, help: str, *, env: str | None = None,
+         flag: str | None = None, toml: bool = True) -> Key:
+    return Key(table, name, parse, default, help, env or f"LABS_{name.upper()}", flag, toml)
+
+
+DEFAULT_MODEL_ALIAS = "smollm2-135m-instruct"
+
+KEYS: tuple[Key, ...] = (
+    # [generation]
+    _key("generation", "model_name", _nonempty_text, DEFAULT_MODEL_ALIAS,
+         "Model to serve: an alias from [models], a local Hugging Face folder, a .gguf file "
+         "(path or folder:file.gguf), or a Hub id already in the local Hugging Face cache.",
+         env="LABS_MODEL", flag="--model"),
+    _key("generation", "max_new_tokens", integer_at_least(1), 256,
+         "Default number of tokens to generate.", flag="--max-new-tokens"),
+    _key("generation", "temperature", number_between(0.0, 2.0), 0.7,
+         "Sampling temperature; 0 means greedy.", flag="--temperature"),
+    _key("generation", "top_p", number_between(0.0, 1.0, low_open=True), 0.9,
+         "Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p.",
+         flag="--top-p"),
+    _key("generation", "top_k", integer_at_least(0), 0,
+         "Keep only the k most likely tokens; 0 disables.", flag="--top-k"),
+    _key("generation", "do_sample", _boolean, True,
+         "Sample (true) or always take the most likely token (false)."),
+    _key("generation", "repetition_penalty", number_between(0.0, 10.0, low_open=True), 1.0,
+         "Penalty > 1 discourages repeating tokens already present; 1 disables."),
+    _key("generation", "seed", optional_integer_at_least(0), None,
+         "Random seed for reproducible sampling; empty for a fresh seed each run.", flag="--seed"),
+    _key("generation", "device_map", one_of("auto", "cuda", "cpu", "mps"), "auto",
+         "Where the model runs: auto picks CUDA when available, else MPS, else CPU."),
+    _key("generation", "torch_dtype", one_of(*DTYPE_CHOICES, aliases=_DTYPE_ALIASES), "auto",
+         "Weights dtype: auto picks bf16 on CUDA that supports it, else fp16 on CUDA; on CPU "
+         "bf16 only where the processor has native bf16, else fp32."),
+    _key("generation", "trust_remote_code", _boolean, False,
+         "Allow model repositories to run their own Python code. Only for models you trust."),
+    _key("generation", "use_chat_template", _boolean, True,
+         "Format prompts with the tokenizer's chat template; false sends the raw prompt."),
+    _key("generation", "add_generation_prompt", _boolean, True,
+         "End the chat template with the assistant's turn opener."),
+    _key("generation", "system_prompt", _optional_text, None,
+         "System message prepended to chats that have none.", flag="--system"),
+    # [quantization]
+    _key("quantization", "load_in_4bit", _boolean, False,
+         "Load weights in 4-bit through bitsandbytes (needs the 'quantization' extra)."),
+    _key("quantization", "load_in_8bit", _boolean, False,
+         "Load weights in 8-bit through bitsandbytes (needs the 'quantization' extra)."),
+    _key("quantization", "bnb_4bit_quant_type", one_of("nf4", "fp4"), "nf4",
+         "4-bit data type: nf4 (normal float, better quality) or fp4.",
+         env="LABS_BNB_4BIT_QUANT_TYPE"),
+    _key("quantization", "bnb_4bit_use_double_quant", _boolean, True,
+         "Also quantize the 4-bit quantization constants (saves ~0.4 bit per weight).",
+         env="LABS_BNB_4BIT_USE_DOUBLE_QUANT"),
+    _key("quantization", "bnb_4bit_compute_dtype",
+         one_of(*COMPUTE_DTYPE_CHOICES, aliases=_DTYPE_ALIASES), "bf16",
+         "dtype 4-bit layers compute in.", env="LABS_BNB_4BIT_COMPUTE_DTYPE"),
+    # [server]
+    _key("server", "host", _nonempty_text, "127.0.0.1", "Address labs-api listens on."),
+    _key("server", "port", _port, 8000, "Port labs-api listens on."),
+    _key("server", "preload_on_start", _boolean, False,
+         "Load the default model before the API accepts traffic."),
+    # [embeddings]
+    _key("embeddings", "model", _nonempty_text, "all-minilm-l6-v2",
+         "Embedding model: alias, local sentence-transformers folder, or cached Hub id.",
+         env="LABS_EMBEDDING_MODEL"),
+    _key("embeddings", "device", one_of("auto", "cuda", "cpu", "mps"), "auto",
+         "Where the embedding model runs.", env="LABS_EMBEDDING_DEVICE"),
+    # [rag]
+    _key("rag", "enabled", _boolean, False,
+         "Answer questions about your transactions and documents from your own data.",
+         env="LABS_RAG_ENABLED"),
+    _key("rag", "transactions_csv", _optional_path, None,
+         "CSV of transactions answered exactly.", env="LABS_TRANSACTIONS_CSV"),
+    # [paths]
+    _key("paths", "cache_dir", _path, Path("~/.cache/labs").expanduser(),
+         "Where converted models and other rebuildable files are kept.", env="LABS_CACHE_DIR"),
+    _key("paths", "home", _path, Path("~/.labs").expanduser(),
+         "labs' own data folder (config fallback, vector store).", env="LABS_HOME", toml=False),
+    _key("paths", "config", _optional_path, None,
+         "Path of labs.toml; otherwise ./labs.toml, then $LABS_HOME/labs.toml.",
+         env="LABS_CONFIG", flag="--config", toml=False),
+)
+
+KEYS_BY_DOTTED: dict[str, Key] = {key.dotted: key for key in KEYS}
+KEYS_BY_ENV: dict[str, Key] = {key.env: key for key in KEYS}
+TABLES: tuple[str, ...] = ("generation", "quantization", "server", "embeddings", "rag", "paths", "models")

@@ -1,0 +1,88 @@
+"""Load a resolved model's tokenizer and weights on the chosen device, dtype and quantization."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from labs.config import Settings
+from labs.errors import ModelLoadError
+from labs.models.device import Placement, dtype_name, resolve_placement
+from labs.models.gguf_cache import Progress, ensure_converted
+from labs.models.quantization import build_quantization_config
+from labs.models.resolve import ModelSource, resolve_model
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for the engine: weights, tokenizer and how they were placed."""
+
+    name: str
+    source: ModelSource
+    model: Any
+    tokenizer: Any
+    placement: Placement
+    quantization: str | None
+    load_seconds: float
+
+    @property
+    def context_length(self) -> int:
+        config = self.model.config
+        for attribute in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+            value = getattr(config, attribute, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return int(min(self.tokenizer.model_max_length, 1 << 20))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def describe(self) -> str:
+        quant = f", {self.quantization}" if self.quantization else ""
+        return f"{self.name} on {self.placement.device} ({dtype_name(self.placement.dtype)}{quant})"
+
+
+def load_model(settings: Settings, model: str | None = None, progress: Progress | None = None) -> LoadedModel:
+    """Resolve `model` (default: the configured one) and load it."""
+    started = time.perf_counter()
+    spec = model or settings.generation.model_name
+    source = resolve_model(spec, settings.model_aliases)
+    placement = resolve_placement(
+        settings.generation.device_map, settings.generation.torch_dtype, settings.sources["generation.device_map"]
+    )
+    quantization_config = build_quantization_config(settings.quantization, placement.device)
+    folder = source.path
+    if source.kind == "gguf":
+        folder = ensure_converted(source.path, settings.paths.cache_dir, progress)
+    if progress:
+        progress(f"Loading {source.name}")
+    trust = settings.generation.trust_remote_code
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust)
+        weights = AutoModelForCausalLM.from_pretrained(
+            folder,
+            dtype=placement.dtype,
+            device_map=placement.device,
+            quantization_config=quantization_config,
+            trust_remote_code=trust,
+        )
+    except (OSError, ValueError, KeyError, ImportError, RuntimeError) as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        hint = " (this model may need trust_remote_code=true, only if you trust it)" if "trust_remote_code" in message else ""
+        raise ModelLoadError(f"cannot load model {source.name} from {folder}: {message}{hint}") from None
+    weights.eval()
+    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    quant = "4-bit" if settings.quantization.load_in_4bit else "8-bit" if settings.quantization.load_in_8bit else None
+    loaded = LoadedModel(source.name, source, weights, tokenizer, placement, quant, time.perf_counter() - started)
+    logger.info("loaded %s in %.1f s", loaded.describe(), loaded.load_seconds)
+    return loaded

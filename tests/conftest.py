@@ -1,0 +1,74 @@
+"""Shared fixtures: the embedded default model converted once, and a tiny random model.
+
+No test touches the network: HF_HUB_OFFLINE is set before anything imports huggingface_hub.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from labs.models.embedded import embedded_chat_model_file  # noqa: E402
+from labs.models.gguf_cache import ensure_converted  # noqa: E402
+
+DEFAULT_ALIAS = "smollm2-135m-instruct"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_labs_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Keep the developer's own LABS_* variables, labs.toml and .env out of every test."""
+    for name in list(os.environ):
+        if name.startswith("LABS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("LABS_HOME", str(tmp_path_factory.mktemp("labs-home")))
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
+
+@pytest.fixture(scope="session")
+def labs_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache folder holding the converted default model (converted once per test session)."""
+    cache = tmp_path_factory.mktemp("labs-cache")
+    ensure_converted(embedded_chat_model_file(DEFAULT_ALIAS), cache)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def default_model_dir(labs_cache_dir: Path) -> Path:
+    folders = [p for p in (labs_cache_dir / "converted").iterdir() if not p.name.startswith(".")]
+    assert len(folders) == 1
+    return folders[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer Llama with random weights and SmolLM2's real tokenizer and chat template."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).eval()
+    folder = tmp_path_factory.mktemp("tiny-model")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
