@@ -1,0 +1,112 @@
+"""Paged attention plugged into Hugging Face models' own forward code.
+
+transformers lets a project register an attention function by name; every model whose
+attention layers go through that interface (Llama, Qwen2/3, Mistral, Phi-3, Gemma, ...) then
+calls ours with its query/key/value after its own projections and rotary embeddings. All tokens
+scheduled in a step (prefill chunks and one token per decoding sequence) are packed into one row,
+so the linear layers run once per step for the whole batch, and this function:
+
+1. writes each new token's key/value in place into the preallocated cache (no cache growth);
+2. decoding rows: gathers each sequence's context and attends with a grouped-query matmul
+   (no `repeat_kv`; the CPU SDPA kernel is poor for a single query token);
+3. prefill chunks: attends with SDPA over the cached prefix plus the chunk, causally.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+ATTENTION_NAME = "labs_paged"
+
+
+@dataclass
+class PrefillChunk:
+    """Query rows [start, end) of the packed batch; they attend to `context_slots` (which end with them)."""
+
+    start: int
+    end: int
+    context_slots: torch.Tensor  # [context_len] slot ids, long
+    causal_mask: torch.Tensor | None  # [q, context_len] bool (True = attend) when a cached prefix precedes
+
+
+@dataclass
+class DecodeRows:
+    rows: torch.Tensor  # [Bd] row index in the packed batch
+    context_slots: torch.Tensor  # [Bd, L] slot ids, padded with slot 0
+    padding: torch.Tensor  # [Bd, 1, 1, L] bool, True where the slot is padding
+
+
+@dataclass
+class PagedBatch:
+    """What one forward needs to know about the cache layout; built by the runner."""
+
+    key_cache: list[torch.Tensor]  # per layer [num_slots, kv_heads, head_dim]
+    value_cache: list[torch.Tensor]
+    slot_mapping: torch.Tensor  # [T] where each new token's key/value goes
+    decode: DecodeRows | None = None
+    prefills: list[PrefillChunk] = field(default_factory=list)
+
+
+def paged_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    labs_batch: PagedBatch | None = None,
+    **_: Any,
+) -> tuple[torch.Tensor, None]:
+    """Signature of transformers' attention interface; returns ([1, T, heads, head_dim], None)."""
+    if labs_batch is None:
+        raise RuntimeError("the labs_paged attention runs only inside the labs engine (labs_batch missing)")
+    layer = module.layer_idx
+    key_cache, value_cache = labs_batch.key_cache[layer], labs_batch.value_cache[layer]
+    # [1, heads, T, D] -> [T, heads, D]
+    q = query[0].transpose(0, 1)
+    key_cache.index_copy_(0, labs_batch.slot_mapping, key[0].transpose(0, 1).to(key_cache.dtype))
+    value_cache.index_copy_(0, labs_batch.slot_mapping, value[0].transpose(0, 1).to(value_cache.dtype))
+    scale = scaling if scaling is not None else q.shape[-1] ** -0.5
+    out = torch.empty_like(q)
+    if labs_batch.decode is not None:
+        out[labs_batch.decode.rows] = _decode_attention(q, key_cache, value_cache, labs_batch.decode, scale)
+    for chunk in labs_batch.prefills:
+        out[chunk.start:chunk.end] = _prefill_attention(q[chunk.start:chunk.end], key_cache, value_cache, chunk, scale)
+    return out.unsqueeze(0), None
+
+
+def _decode_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, decode: DecodeRows, scale: float) -> torch.Tensor:
+    rows = decode.rows.shape[0]
+    heads, head_dim = q.shape[1], q.shape[2]
+    kv_heads = key_cache.shape[1]
+    group = heads // kv_heads
+    keys = key_cache[decode.context_slots].permute(0, 2, 3, 1)  # [B, kvh, D, L]
+    values = value_cache[decode.context_slots].transpose(1, 2)  # [B, kvh, L, D]
+    queries = q[decode.rows].view(rows, kv_heads, group, head_dim).to(keys.dtype)
+    scores = torch.matmul(queries, keys).mul_(scale)  # [B, kvh, group, L]
+    scores.masked_fill_(decode.padding, float("-inf"))
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(values.dtype)
+    return torch.matmul(probs, values).reshape(rows, heads, head_dim).to(q.dtype)
+
+
+def _prefill_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, chunk: PrefillChunk, scale: float) -> torch.Tensor:
+    keys = key_cache[chunk.context_slots].transpose(0, 1).unsqueeze(0).to(q.dtype)  # [1, kvh, L, D]
+    values = value_cache[chunk.context_slots].transpose(0, 1).unsqueeze(0).to(q.dtype)
+    queries = q.transpose(0, 1).unsqueeze(0)  # [1, heads, q, D]
+    if chunk.causal_mask is None:
+        out = F.scaled_dot_product_attention(queries, keys, values, is_causal=True, scale=scale, enable_gqa=True)
+    else:
+        out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=chunk.causal_mask, scale=scale, enable_gqa=True)
+    return out[0].transpose(0, 1)  # [q, heads, D]
+
+
+def register_paged_attention() -> None:
+    """Make `attn_implementation="labs_paged"` available to transformers (idempotent)."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTENTION_NAME, paged_attention_forward)

@@ -1,0 +1,324 @@
+"""The synchronous engine core: requests in, one step at a time, outputs to each request's sink.
+
+Everything here runs on the engine's own thread (see `engine.py`); nothing is thread-safe on
+purpose. A step is: schedule -> one forward for all scheduled tokens -> sample one token per
+sequence that needs one -> detokenize, check stops, deliver, free finished sequences' cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+from labs.engine.attention import ATTENTION_NAME, register_paged_attention
+from labs.engine.detokenizer import IncrementalDetokenizer
+from labs.engine.errors import EngineRequestError
+from labs.engine.kv_blocks import BlockAllocator
+from labs.engine.kv_cache import KVCache, budget_bytes, cache_shape_for, num_blocks_for_budget
+from labs.engine.runner import ModelRunner
+from labs.engine.sampler import RowState, Sampler, make_generator
+from labs.engine.sampling import SamplingParams
+from labs.engine.scheduler import Scheduler, SchedulerOutput
+from labs.engine.sequence import OutputSink, RequestOutput, Sequence, Status
+from labs.engine.sequential import eos_token_ids
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    kv_cache_memory: int | float = 2 * 1024**3  # bytes, or a fraction (<= 1) of free memory
+    block_size: int = 16
+    max_num_seqs: int = 128  # running sequences at once
+    max_batched_tokens: int = 512  # tokens per forward (decode tokens + prefill chunks)
+    max_queue: int = 256  # waiting requests before add_request refuses
+    enable_prefix_caching: bool = True
+
+
+@dataclass
+class EngineStats:
+    waiting: int = 0
+    running: int = 0
+    kv_cache_usage: float = 0.0
+    kv_cache_blocks_used: int = 0
+    kv_cache_blocks_total: int = 0
+    prompt_tokens_total: int = 0
+    cached_prompt_tokens_total: int = 0
+    generation_tokens_total: int = 0
+    requests_finished_total: int = 0
+    preemptions_total: int = 0
+    steps_total: int = 0
+    time_to_first_token: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
+    time_per_output_token: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
+
+
+class EngineCore:
+    def __init__(self, model: Any, tokenizer: Any, context_length: int, config: EngineConfig | None = None) -> None:
+        self.config = config or EngineConfig()
+        self.tokenizer = tokenizer
+        self.context_length = context_length
+        shape = cache_shape_for(model, context_length)
+        register_paged_attention()
+        model.set_attn_implementation(ATTENTION_NAME)
+        self.model = model
+        device = next(model.parameters()).device
+        budget = budget_bytes(self.config.kv_cache_memory, device)
+        num_blocks = num_blocks_for_budget(shape, self.config.block_size, budget)
+        if num_blocks < 2:
+            raise EngineRequestError(
+                f"the KV cache budget ({budget / 1024**2:.0f} MiB) holds less than 2 blocks for this model "
+                f"({shape.bytes_per_token * self.config.block_size / 1024**2:.1f} MiB each): raise LABS_KV_CACHE_MEMORY"
+            )
+        self.allocator = BlockAllocator(num_blocks, self.config.block_size, self.config.enable_prefix_caching)
+        self.cache = KVCache(shape, num_blocks, self.config.block_size, device)
+        self.runner = ModelRunner(model, self.cache, self.allocator)
+        self.scheduler = Scheduler(self.allocator, self.config.max_num_seqs, self.config.max_batched_tokens)
+        self.sampler = Sampler()
+        self.eos_ids = eos_token_ids(model, tokenizer)
+        self.vocab_size = model.get_output_embeddings().weight.shape[0]
+        self.stats = EngineStats(kv_cache_blocks_total=num_blocks)
+        self._requests: dict[str, list[Sequence]] = {}
+        self._forks: dict[int, list[Sequence]] = {}  # parent seq_id -> samples waiting to share its prefill
+        self._orphaned: set[str] = set()  # requests whose consumer can no longer receive outputs
+
+    @property
+    def cache_capacity_tokens(self) -> int:
+        return self.allocator.num_blocks * self.allocator.block_size
+
+    # ------------------------------------------------------------------ requests
+
+    def validate(self, prompt_token_ids: list[int], params: SamplingParams) -> int:
+        """Check a request before it is queued; returns its resolved max_tokens."""
+        prompt = len(prompt_token_ids)
+        if prompt == 0:
+            raise EngineRequestError("the prompt is empty: give at least one token")
+        if prompt >= self.context_length:
+            raise EngineRequestError(f"the prompt has {prompt} tokens but the model's context is {self.context_length}: shorten the prompt")
+        room = self.context_length - prompt
+        if params.max_tokens is not None and params.max_tokens > room:
+            raise EngineRequestError(
+                f"prompt ({prompt} tokens) + max tokens ({params.max_tokens}) exceeds the model's context of "
+                f"{self.context_length}: ask for at most {room} new tokens"
+            )
+        bad = [t for t in prompt_token_ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise EngineRequestError(f"token id {bad[0]} is outside the model's vocabulary (0..{self.vocab_size - 1})")
+        params.validate_for_vocab(self.vocab_size)
+        max_tokens = params.max_tokens if params.max_tokens is not None else room
+        needed = prompt + max_tokens
+        if needed > self.cache_capacity_tokens:
+            if params.max_tokens is None:
+                max_tokens = self.cache_capacity_tokens - prompt
+            if max_tokens < 1 or params.max_tokens is not None:
+                raise EngineRequestError(
+                    f"the request needs {needed} tokens of KV cache but the cache holds {self.cache_capacity_tokens}: "
+                    "lower max_tokens or raise LABS_KV_CACHE_MEMORY"
+                )
+        return max_tokens
+
+    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, sink: OutputSink) -> None:
+        if request_id in self._requests:
+            raise EngineRequestError(f"request id {request_id!r} is already in use")
+        max_tokens = self.validate(prompt_token_ids, params)
+        samples = []
+        for index in range(params.n):
+            seed = None if params.seed is None else params.seed + index
+            samples.append(Sequence(
+                request_id=request_id,
+                index=index,
+                prompt_token_ids=list(prompt_token_ids),
+                params=params,
+                max_tokens=max_tokens,
+                detokenizer=IncrementalDetokenizer(self.tokenizer, prompt_token_ids, stop=params.stop),
+                sink=sink,
+                generator=make_generator(seed) if seed is not None else None,
+            ))
+        self._requests[request_id] = samples
+        self.scheduler.add(samples[0])
+        if len(samples) > 1:
+            self._forks[samples[0].seq_id] = samples[1:]
+
+    def abort(self, request_id: str) -> bool:
+        samples = self._requests.get(request_id)
+        if samples is None:
+            return False
+        for seq in samples:
+            if seq.status is not Status.FINISHED:
+                self._finish(seq, "abort", deliver=True)
+        return True
+
+    @property
+    def has_work(self) -> bool:
+        return self.scheduler.has_work
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.scheduler.waiting) + sum(len(v) for v in self._forks.values())
+
+    # ------------------------------------------------------------------ the step
+
+    def step(self) -> None:
+        for request_id in list(self._orphaned):
+            self._orphaned.discard(request_id)
+            self.abort(request_id)
+        scheduled = self.scheduler.schedule()
+        self.stats.preemptions_total += len(scheduled.preempted)
+        if scheduled.empty:
+            return
+        self.stats.steps_total += 1
+        try:
+            step_logits = self.runner.run(scheduled)
+            self._advance_computed(scheduled)
+            self._sample_and_deliver(step_logits.sequences, step_logits.logits)
+        except Exception as error:  # noqa: BLE001 - one bad step must not kill the engine
+            logger.exception("engine step failed; failing the %d requests in it", scheduled.num_tokens)
+            message = _error_message(error)
+            for seq in {*scheduled.decodes, *(p.seq for p in scheduled.prefills)}:
+                if seq.status is not Status.FINISHED:
+                    self._fail_request(seq.request_id, message)
+
+    def _advance_computed(self, scheduled: SchedulerOutput) -> None:
+        for seq in scheduled.decodes:
+            seq.num_computed_tokens += 1
+        for item in scheduled.prefills:
+            item.seq.num_computed_tokens += item.length
+            self.allocator.mark_computed(item.seq.seq_id, item.seq.num_computed_tokens)
+
+    def _sample_and_deliver(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
+        rows = list(seqs)
+        row_logits = logits
+        forked: list[Sequence] = []
+        for position, seq in enumerate(seqs):
+            for child in self._forks.pop(seq.seq_id, []):
+                if self._fork(seq, child):
+                    forked.append(child)
+                    rows.append(child)
+                    row_logits = torch.cat([row_logits, logits[position:position + 1]])
+        states = [RowState(s.params, s.prompt_token_ids, s.output_token_ids, s.generator, self.eos_ids) for s in rows]
+        result = self.sampler(row_logits, states)
+        now = time.perf_counter()
+        for i, seq in enumerate(rows):
+            self._accept_token(seq, result.token_ids[i], now,
+                               None if result.logprobs is None else result.logprobs[i],
+                               None if result.top_logprobs is None else result.top_logprobs[i])
+
+    def _fork(self, parent: Sequence, child: Sequence) -> bool:
+        """Let a further sample of the same prompt share the parent's computed prefill."""
+        if child.status is Status.FINISHED:
+            return False
+        if not self.allocator.can_fork(parent.seq_id):
+            self.scheduler.add(child)  # no room to share now: it will be computed on its own
+            return False
+        copy = self.allocator.fork(parent.seq_id, child.seq_id)
+        if copy is not None:
+            self.cache.copy_block(copy.src, copy.dst)
+        child.num_computed_tokens = parent.num_computed_tokens
+        child.prefill_target = parent.prefill_target
+        child.cached_prompt_tokens = parent.cached_prompt_tokens
+        child.status = Status.RUNNING
+        self.scheduler.running.append(child)
+        return True
+
+    def _accept_token(self, seq: Sequence, token: int, now: float, logprob: float | None, top: list | None) -> None:
+        if seq.status is Status.FINISHED:
+            return
+        first = not seq.output_token_ids
+        seq.output_token_ids.append(token)
+        if seq.first_token_time is None:
+            seq.first_token_time = now
+            self.stats.time_to_first_token.append(now - seq.arrival_time)
+        seq.last_token_time = now
+        self.stats.generation_tokens_total += 1
+        if first and seq.preemptions == 0:
+            self.stats.prompt_tokens_total += len(seq.prompt_token_ids)
+            self.stats.cached_prompt_tokens_total += seq.cached_prompt_tokens
+        finish, stop_reason, delta = None, None, ""
+        if token in self.eos_ids and not seq.params.ignore_eos:
+            finish, stop_reason = "stop", token
+        elif token in seq.params.stop_token_ids:
+            finish, stop_reason = "stop", token
+        else:
+            step = seq.detokenizer.step(token)
+            delta = step.text_delta
+            if step.stop_matched is not None:
+                finish, stop_reason = "stop", step.stop_matched
+        if finish is None and len(seq.output_token_ids) >= seq.max_tokens:
+            finish = "length"
+        if finish is not None and not seq.detokenizer.finished:
+            delta += seq.detokenizer.flush()
+        output = RequestOutput(
+            request_id=seq.request_id,
+            index=seq.index,
+            new_token_ids=[token],
+            text_delta=delta,
+            prompt_tokens=len(seq.prompt_token_ids),
+            completion_tokens=len(seq.output_token_ids),
+            cached_prompt_tokens=seq.cached_prompt_tokens,
+            logprobs=None if seq.params.logprobs is None else [logprob],
+            top_logprobs=None if seq.params.logprobs is None else [top],
+        )
+        if finish is not None:
+            output.finish_reason, output.stop_reason = finish, stop_reason
+            self._finish(seq, finish, deliver=False)
+        self._deliver(seq, output)
+
+    # ------------------------------------------------------------------ endings
+
+    def _finish(self, seq: Sequence, reason: str, deliver: bool, error: str | None = None) -> None:
+        """Free the sequence's cache and, when asked, tell its consumer how it ended."""
+        if seq.status is not Status.FINISHED:
+            self.scheduler.remove(seq)
+        seq.finish_reason = reason
+        for child in self._forks.pop(seq.seq_id, []):
+            self.scheduler.add(child)  # the parent ended before its prefill: samples go on alone
+        if seq.first_token_time is not None and len(seq.output_token_ids) > 1 and seq.last_token_time is not None:
+            self.stats.time_per_output_token.append((seq.last_token_time - seq.first_token_time) / (len(seq.output_token_ids) - 1))
+        self.stats.requests_finished_total += 1
+        if deliver:
+            self._deliver(seq, RequestOutput(
+                request_id=seq.request_id, index=seq.index, new_token_ids=[], text_delta="",
+                finish_reason=reason, prompt_tokens=len(seq.prompt_token_ids),
+                completion_tokens=len(seq.output_token_ids), cached_prompt_tokens=seq.cached_prompt_tokens, error=error,
+            ))
+        samples = self._requests.get(seq.request_id, [])
+        if all(s.status is Status.FINISHED for s in samples):
+            self._requests.pop(seq.request_id, None)
+
+    def _deliver(self, seq: Sequence, output: RequestOutput) -> None:
+        """Hand an output to its consumer; a consumer that cannot take it gets its request aborted."""
+        try:
+            seq.sink(output)
+        except Exception:  # noqa: BLE001 - e.g. the caller's event loop was closed
+            logger.warning("request %s: its consumer is gone; aborting it", seq.request_id)
+            if not output.finished:
+                self._orphaned.add(seq.request_id)
+
+    def _fail_request(self, request_id: str, message: str) -> None:
+        for seq in self._requests.get(request_id, []):
+            if seq.status is not Status.FINISHED:
+                self._finish(seq, "error", deliver=True, error=message)
+
+    def fail_all(self, message: str) -> None:
+        for request_id in list(self._requests):
+            self._fail_request(request_id, message)
+
+    def snapshot_stats(self) -> EngineStats:
+        stats = replace(self.stats, time_to_first_token=deque(self.stats.time_to_first_token, maxlen=1000),
+                        time_per_output_token=deque(self.stats.time_per_output_token, maxlen=1000))
+        stats.waiting = self.num_waiting
+        stats.running = len(self.scheduler.running)
+        stats.kv_cache_usage = self.allocator.usage
+        stats.kv_cache_blocks_used = self.allocator.num_used_blocks
+        return stats
+
+
+def _error_message(error: Exception) -> str:
+    if isinstance(error, torch.OutOfMemoryError):
+        return "out of memory while generating: lower max_tokens or the number of concurrent requests"
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"generation failed: {type(error).__name__}{': ' + text if text else ''}"

@@ -1,0 +1,230 @@
+"""The engine as the rest of the product sees it: one thread owns torch, callers stream outputs.
+
+`add_request` validates and queues a request from any thread and returns an async iterator of
+`RequestOutput`s; the engine thread runs steps while there is work and hands each output to the
+caller's event loop with `call_soon_threadsafe`. `generate` is the blocking convenience for the
+CLI. Closing an iterator early (a client that went away) aborts its request, which frees its
+cache at the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import queue
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from labs.engine.core import EngineConfig, EngineCore, EngineStats
+from labs.engine.errors import EngineDeadError, EngineOverloadedError
+from labs.engine.sampling import SamplingParams
+from labs.engine.sequence import RequestOutput
+
+logger = logging.getLogger(__name__)
+_request_ids = itertools.count()
+
+
+@dataclass
+class SampleResult:
+    """One finished sample of a blocking `generate` call."""
+
+    index: int
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+    stop_reason: str | int | None = None
+    logprobs: list[float | None] = field(default_factory=list)
+    top_logprobs: list[list[tuple[int, float]] | None] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class GenerateResult:
+    samples: list[SampleResult]
+    prompt_tokens: int
+    cached_prompt_tokens: int
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(len(s.token_ids) for s in self.samples)
+
+
+class Engine:
+    def __init__(self, model: Any, tokenizer: Any, context_length: int, config: EngineConfig | None = None) -> None:
+        self.core = EngineCore(model, tokenizer, context_length, config)
+        self.config = self.core.config
+        self.tokenizer = tokenizer
+        self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._wakeup = threading.Event()
+        self._stopping = False
+        self._dead: BaseException | None = None
+        self._pending_adds = 0
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._loop, name="labs-engine", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ public API
+
+    def add_request(self, prompt_token_ids: list[int], params: SamplingParams, request_id: str | None = None) -> "RequestStream":
+        """Queue a request; iterate the result (in a running event loop) to receive its outputs."""
+        loop = asyncio.get_running_loop()
+        outputs: asyncio.Queue[RequestOutput] = asyncio.Queue()
+        request_id = self._submit(list(prompt_token_ids), params, request_id,
+                                  lambda out: loop.call_soon_threadsafe(outputs.put_nowait, out))
+        return RequestStream(self, request_id, params.n, outputs)
+
+    def generate(self, prompt_token_ids: list[int], params: SamplingParams,
+                 on_output: Callable[[RequestOutput], None] | None = None, request_id: str | None = None) -> GenerateResult:
+        """Blocking convenience: run one request to the end (on_output sees every output as it comes)."""
+        outputs: queue.SimpleQueue[RequestOutput] = queue.SimpleQueue()
+        request_id = self._submit(list(prompt_token_ids), params, request_id, outputs.put)
+        samples = [SampleResult(index=i) for i in range(params.n)]
+        prompt_tokens = cached = 0
+        remaining = params.n
+        try:
+            while remaining:
+                out = self._next_blocking(outputs)
+                sample = samples[out.index]
+                sample.text += out.text_delta
+                sample.token_ids.extend(out.new_token_ids)
+                if out.logprobs is not None:
+                    sample.logprobs.extend(out.logprobs)
+                    sample.top_logprobs.extend(out.top_logprobs or [])
+                prompt_tokens, cached = out.prompt_tokens, out.cached_prompt_tokens
+                if on_output is not None:
+                    on_output(out)
+                if out.finished:
+                    sample.finish_reason, sample.stop_reason, sample.error = out.finish_reason, out.stop_reason, out.error
+                    remaining -= 1
+        except BaseException:
+            self.abort(request_id)
+            raise
+        return GenerateResult(samples, prompt_tokens, cached)
+
+    def abort(self, request_id: str) -> None:
+        """Stop a request; its cache is freed in the engine's next step."""
+        self._command(lambda: self.core.abort(request_id))
+
+    def stats(self) -> EngineStats:
+        done = threading.Event()
+        box: list[EngineStats] = []
+
+        def snapshot() -> None:
+            box.append(self.core.snapshot_stats())
+            done.set()
+
+        self._command(snapshot)
+        if not done.wait(timeout=30):
+            raise EngineDeadError("the engine did not answer a stats request within 30 s")
+        return box[0]
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and self._dead is None
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        self._stopping = True
+        self._wakeup.set()
+        self._thread.join(timeout)
+
+    # ------------------------------------------------------------------ internals
+
+    def _submit(self, prompt: list[int], params: SamplingParams, request_id: str | None, sink: Callable[[RequestOutput], None]) -> str:
+        self._check_alive()
+        request_id = request_id or f"req-{next(_request_ids)}"
+        self.core.validate(prompt, params)  # read-only checks: safe from the caller's thread
+        with self._lock:
+            queued = self.core.num_waiting + self._pending_adds
+            if queued >= self.config.max_queue:
+                raise EngineOverloadedError(
+                    f"the server is busy: {queued} requests are already waiting (max_queue={self.config.max_queue}); retry shortly",
+                    retry_after=1.0,
+                )
+            self._pending_adds += 1
+
+        def add() -> None:
+            with self._lock:
+                self._pending_adds -= 1
+            try:
+                self.core.add_request(request_id, prompt, params, sink)
+            except Exception as error:  # noqa: BLE001 - reported to the caller, not raised on the engine thread
+                for index in range(params.n):
+                    sink(RequestOutput(request_id, index, [], "", finish_reason="error", error=str(error)))
+
+        self._command(add)
+        return request_id
+
+    def _next_blocking(self, outputs: queue.SimpleQueue[RequestOutput]) -> RequestOutput:
+        while True:
+            try:
+                return outputs.get(timeout=1.0)
+            except queue.Empty:
+                self._check_alive()
+
+    def _command(self, command: Callable[[], None]) -> None:
+        self._commands.put(command)
+        self._wakeup.set()
+
+    def _check_alive(self) -> None:
+        if self._dead is not None or not self._thread.is_alive():
+            raise EngineDeadError(f"the engine is not running ({self._dead or 'stopped'}); restart the server")
+
+    def _loop(self) -> None:
+        try:
+            while not self._stopping:
+                self._run_commands()
+                if self.core.has_work:
+                    self.core.step()
+                else:
+                    self._wakeup.wait(timeout=0.5)
+                    self._wakeup.clear()
+        except BaseException as error:  # the engine must never die silently
+            logger.exception("the engine thread died")
+            self._dead = error
+            self.core.fail_all(f"the engine stopped: {error}")
+
+    def _run_commands(self) -> None:
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            command()
+
+
+class RequestStream(AsyncIterator[RequestOutput]):
+    """The outputs of one request, in order, until each of its samples has finished.
+
+    `aclose()` aborts the request if it has not finished, whether or not iteration started
+    (an async generator would skip its cleanup when closed before its first `anext`).
+    """
+
+    def __init__(self, engine: Engine, request_id: str, samples: int, outputs: asyncio.Queue[RequestOutput]) -> None:
+        self.engine = engine
+        self.request_id = request_id
+        self._remaining = samples
+        self._outputs = outputs
+
+    def __aiter__(self) -> "RequestStream":
+        return self
+
+    async def __anext__(self) -> RequestOutput:
+        if not self._remaining:
+            raise StopAsyncIteration
+        while True:
+            try:
+                out = await asyncio.wait_for(self._outputs.get(), timeout=1.0)
+                break
+            except asyncio.TimeoutError:
+                self.engine._check_alive()
+        if out.finished:
+            self._remaining -= 1
+        return out
+
+    async def aclose(self) -> None:
+        if self._remaining:
+            self._remaining = 0
+            self.engine.abort(self.request_id)

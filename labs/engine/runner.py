@@ -1,0 +1,97 @@
+"""The only code that builds batch tensors and calls the model forward.
+
+A step's tokens (prefill chunks and one token per decoding sequence) are packed into a single
+row with per-token positions; logits are computed only for the rows that are sampled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from labs.engine.attention import DecodeRows, PagedBatch, PrefillChunk
+from labs.engine.kv_blocks import BlockAllocator
+from labs.engine.kv_cache import KVCache
+from labs.engine.scheduler import SchedulerOutput
+from labs.engine.sequence import Sequence
+
+
+@dataclass
+class StepLogits:
+    sequences: list[Sequence]  # the sequences to sample for, in row order of `logits`
+    logits: torch.Tensor  # [len(sequences), vocab] float32
+
+
+class ModelRunner:
+    def __init__(self, model: Any, cache: KVCache, allocator: BlockAllocator) -> None:
+        self.model = model
+        self.cache = cache
+        self.allocator = allocator
+        self.device = next(model.parameters()).device
+        self.block_size = cache.block_size
+
+    @torch.inference_mode()
+    def run(self, scheduled: SchedulerOutput) -> StepLogits:
+        tokens: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        sample_rows: list[int] = []
+        sampled: list[Sequence] = []
+        for seq, slot in zip(scheduled.decodes, scheduled.decode_slots):
+            sample_rows.append(len(tokens))
+            sampled.append(seq)
+            tokens.append(seq.output_token_ids[-1])
+            positions.append(seq.num_tokens - 1)
+            slots.append(slot)
+        decode = self._decode_rows(scheduled.decodes) if scheduled.decodes else None
+        prefills: list[PrefillChunk] = []
+        for item in scheduled.prefills:
+            start, end = item.start, item.start + item.length
+            row = len(tokens)
+            all_ids = item.seq.all_token_ids
+            tokens.extend(all_ids[start:end])
+            positions.extend(range(start, end))
+            slots.extend(self.allocator.slot_mapping(item.seq.seq_id, start, end))
+            context = torch.tensor(self.allocator.slot_mapping(item.seq.seq_id, 0, end), dtype=torch.long, device=self.device)
+            mask = None
+            if start > 0:
+                query_pos = torch.arange(start, end, device=self.device)[:, None]
+                mask = torch.arange(end, device=self.device)[None, :] <= query_pos
+            prefills.append(PrefillChunk(row, row + item.length, context, mask))
+            if item.completes:
+                sample_rows.append(row + item.length - 1)
+                sampled.append(item.seq)
+        batch = PagedBatch(
+            key_cache=self.cache.key,
+            value_cache=self.cache.value,
+            slot_mapping=torch.tensor(slots, dtype=torch.long, device=self.device),
+            decode=decode,
+            prefills=prefills,
+        )
+        input_ids = torch.tensor([tokens], dtype=torch.long, device=self.device)
+        position_ids = torch.tensor([positions], dtype=torch.long, device=self.device)
+        # Logits only for sampled rows; a step that samples nothing (a middle prefill chunk)
+        # still keeps one row, which costs less than a second forward signature.
+        keep = torch.tensor(sample_rows or [len(tokens) - 1], dtype=torch.long, device=self.device)
+        output = self.model(input_ids=input_ids, position_ids=position_ids, use_cache=False, labs_batch=batch, logits_to_keep=keep)
+        return StepLogits(sampled, output.logits[0, :len(sampled)].float())
+
+    def _decode_rows(self, seqs: list[Sequence]) -> DecodeRows:
+        """Padded context slots of every decoding sequence, built from block tables in numpy."""
+        size = self.block_size
+        tables = [self.allocator.block_table(seq.seq_id) for seq in seqs]
+        width = max(len(t) for t in tables)
+        padded = np.zeros((len(seqs), width), dtype=np.int64)
+        for i, table in enumerate(tables):
+            padded[i, :len(table)] = table
+        slots = (padded[:, :, None] * size + np.arange(size)).reshape(len(seqs), width * size)
+        lengths = np.array([seq.num_tokens for seq in seqs])
+        padding = np.arange(width * size)[None, :] >= lengths[:, None]
+        return DecodeRows(
+            rows=torch.arange(len(seqs), device=self.device),
+            context_slots=torch.from_numpy(slots).to(self.device),
+            padding=torch.from_numpy(padding).to(self.device)[:, None, None, :],
+        )

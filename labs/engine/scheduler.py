@@ -1,0 +1,140 @@
+"""Which sequences run in the next step, under a token budget and the KV-cache capacity.
+
+Policy (continuous batching with chunked prefill, as in vLLM and nano-vllm):
+1. every decoding sequence gets one token; when the cache has no block for it, the most recently
+   admitted running sequence is preempted (its blocks freed; it re-enters the front of the queue
+   and is recomputed later, cheaply thanks to the prefix cache);
+2. sequences part-way through their prefill continue with a chunk of what is left of the budget;
+3. waiting sequences are admitted first come, first served while the cache can hold their tokens,
+   each with a chunk of the remaining budget.
+A long prompt therefore never stalls decoding, and a new request starts within a step or two.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+
+from labs.engine.kv_blocks import BlockAllocator
+from labs.engine.sequence import Sequence, Status
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ScheduledPrefill:
+    seq: Sequence
+    start: int  # first position computed in this step
+    length: int
+
+    @property
+    def completes(self) -> bool:
+        return self.start + self.length == self.seq.prefill_target
+
+
+@dataclass
+class SchedulerOutput:
+    decodes: list[Sequence] = field(default_factory=list)
+    decode_slots: list[int] = field(default_factory=list)
+    prefills: list[ScheduledPrefill] = field(default_factory=list)
+    preempted: list[Sequence] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.decodes) + sum(p.length for p in self.prefills)
+
+    @property
+    def empty(self) -> bool:
+        return not self.decodes and not self.prefills
+
+
+class Scheduler:
+    def __init__(self, allocator: BlockAllocator, max_num_seqs: int, max_batched_tokens: int) -> None:
+        self.allocator = allocator
+        self.max_num_seqs = max_num_seqs
+        self.max_batched_tokens = max_batched_tokens
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []  # in admission order
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def add(self, seq: Sequence) -> None:
+        seq.status = Status.WAITING
+        self.waiting.append(seq)
+
+    def can_ever_fit(self, num_tokens: int) -> bool:
+        """Whether a sequence of this many tokens fits in an otherwise empty cache."""
+        return -(-num_tokens // self.allocator.block_size) <= self.allocator.num_blocks
+
+    def remove(self, seq: Sequence) -> None:
+        """Forget a sequence (finished, aborted or failed) and free its cache blocks."""
+        if seq.status is Status.RUNNING:
+            self.running.remove(seq)
+            self.allocator.free(seq.seq_id)
+        elif seq in self.waiting:  # samples waiting to fork are not queued here
+            self.waiting.remove(seq)
+        seq.status = Status.FINISHED
+
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        budget = self.max_batched_tokens
+        for seq in list(self.running):
+            if seq.status is not Status.RUNNING or seq.in_prefill:
+                continue
+            if budget <= 0:
+                break
+            if not self._make_room_to_append(seq, out):
+                continue  # seq itself was preempted
+            out.decodes.append(seq)
+            out.decode_slots.append(self.allocator.append_slot(seq.seq_id, seq.output_token_ids[-1]))
+            budget -= 1
+        for seq in self.running:
+            if budget <= 0:
+                break
+            if seq.in_prefill:
+                budget -= self._schedule_prefill(seq, budget, out)
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            seq = self.waiting[0]
+            tokens = seq.all_token_ids
+            if not self.allocator.can_allocate(tokens):
+                break  # first come, first served: wait for blocks to free up
+            self.waiting.popleft()
+            hit = self.allocator.allocate(seq.seq_id, tokens)
+            seq.num_computed_tokens = hit.num_cached_tokens
+            if not seq.output_token_ids and seq.preemptions == 0:
+                seq.cached_prompt_tokens = hit.num_cached_tokens
+            seq.prefill_target = len(tokens)
+            seq.status = Status.RUNNING
+            self.running.append(seq)
+            budget -= self._schedule_prefill(seq, budget, out)
+        return out
+
+    def _schedule_prefill(self, seq: Sequence, budget: int, out: SchedulerOutput) -> int:
+        length = min(seq.prefill_target - seq.num_computed_tokens, budget)
+        if length > 0:
+            out.prefills.append(ScheduledPrefill(seq, seq.num_computed_tokens, length))
+        return length
+
+    def _make_room_to_append(self, seq: Sequence, out: SchedulerOutput) -> bool:
+        while not self.allocator.can_append(seq.seq_id):
+            victim = next((s for s in reversed(self.running) if s is not seq and s not in out.decodes), None)
+            if victim is None:
+                self._preempt(seq, out)
+                return False
+            self._preempt(victim, out)
+        return True
+
+    def _preempt(self, seq: Sequence, out: SchedulerOutput) -> None:
+        logger.info("preempting request %s (cache full); it will be recomputed", seq.request_id)
+        self.running.remove(seq)
+        self.allocator.free(seq.seq_id)
+        seq.status = Status.WAITING
+        seq.num_computed_tokens = 0
+        seq.prefill_target = 0
+        seq.preemptions += 1
+        self.waiting.appendleft(seq)
+        out.preempted.append(seq)
+        out.prefills = [p for p in out.prefills if p.seq is not seq]
