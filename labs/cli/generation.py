@@ -1,14 +1,37 @@
-"""Glue for one-shot generation from the CLI: load, build the prompt, generate."""
+"""Glue for one-shot generation from the CLI: load, build the prompt, run it through the engine."""
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from typing import Callable
 
 from labs.config import Settings
-from labs.engine.defaults import sampling_params_from_settings
-from labs.engine.sequential import GenerationResult, SequentialGenerator
+from labs.engine.defaults import engine_config_from_settings, sampling_params_from_settings
+from labs.engine.engine import Engine
+from labs.engine.kv_cache import cache_shape_for
+from labs.engine.sequence import RequestOutput
+from labs.errors import LabsError
 from labs.models import LoadedModel, load_model
 from labs.models.prompting import parse_messages_json, prompt_token_ids
+
+
+@dataclass
+class CliResult:
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    time_to_first_token: float
+    seconds: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Decode rate after the first token (the prefill is timed by time_to_first_token)."""
+        decode = self.seconds - self.time_to_first_token
+        if self.completion_tokens > 1 and decode > 0:
+            return (self.completion_tokens - 1) / decode
+        return self.completion_tokens / self.seconds if self.seconds > 0 else 0.0
 
 
 def generate_for_cli(
@@ -17,7 +40,7 @@ def generate_for_cli(
     messages_json: str | None,
     on_text: Callable[[str], None] | None,
     progress: Callable[[str], None],
-) -> tuple[GenerationResult, LoadedModel]:
+) -> tuple[CliResult, LoadedModel]:
     messages = parse_messages_json(messages_json) if messages_json is not None else None
     params = sampling_params_from_settings(settings.generation)  # validate before the slow load
     loaded = load_model(settings, progress=progress)
@@ -30,6 +53,33 @@ def generate_for_cli(
         use_chat_template=generation.use_chat_template,
         add_generation_prompt=generation.add_generation_prompt,
     )
+    # One request: a cache sized to it, not the server's budget (rounded up by the engine's checks).
+    needed_tokens = min(len(ids) + (params.max_tokens or loaded.context_length), loaded.context_length) + 32
+    budget = needed_tokens * cache_shape_for(loaded.model, loaded.context_length).bytes_per_token
+    engine = Engine(loaded.model, loaded.tokenizer, loaded.context_length,
+                    engine_config_from_settings(settings.engine, kv_cache_memory=budget))
     progress(f"Generating with {loaded.describe()}")
-    generator = SequentialGenerator(loaded.model, loaded.tokenizer, loaded.context_length)
-    return generator.generate(ids, params, on_text), loaded
+    started = time.perf_counter()
+    first_token_at: list[float] = []
+
+    def on_output(out: RequestOutput) -> None:
+        if not first_token_at:
+            first_token_at.append(time.perf_counter() - started)
+        if on_text is not None and out.text_delta:
+            on_text(out.text_delta)
+
+    try:
+        result = engine.generate(ids, params, on_output)
+    finally:
+        engine.shutdown()
+    sample = result.samples[0]
+    if sample.finish_reason == "error":
+        raise LabsError(sample.error or "generation failed")
+    return CliResult(
+        text=sample.text,
+        finish_reason=sample.finish_reason or "stop",
+        prompt_tokens=result.prompt_tokens or len(ids),
+        completion_tokens=len(sample.token_ids),
+        time_to_first_token=first_token_at[0] if first_token_at else 0.0,
+        seconds=time.perf_counter() - started,
+    ), loaded

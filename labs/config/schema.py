@@ -131,6 +131,36 @@ def _optional_path(value: Any) -> Path | None:
     return Path(text).expanduser() if text else None
 
 
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2, "gb": 1000**3, "gib": 1024**3}
+
+
+def _memory_budget(value: Any) -> str | int | float:
+    """`auto`, a byte size (2GiB, 512MB, 1073741824) or a fraction of free memory (0 < f <= 1)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number, unit = float(value), ""
+    elif isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        digits = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+        unit = text[len(digits):]
+        try:
+            number = float(digits)
+        except ValueError:
+            raise ValueProblem(f"expected auto, a size such as 2GiB or 512MB, or a fraction such as 0.8, got {value!r}") from None
+    else:
+        raise ValueProblem(f"expected auto, a size such as 2GiB or 512MB, or a fraction such as 0.8, got {value!r}")
+    if unit not in _SIZE_UNITS:
+        raise ValueProblem(f"unknown size unit {unit!r} in {value!r}: use B, KB, KiB, MB, MiB, GB or GiB")
+    if number <= 0:
+        raise ValueProblem(f"must be positive, got {value!r}")
+    if unit == "" and number <= 1:
+        return number  # a fraction of free memory
+    if unit == "" and not number.is_integer():
+        raise ValueProblem(f"a plain number above 1 is a byte count and must be whole, got {value!r}")
+    return int(number * _SIZE_UNITS[unit])
+
+
 def _port(value: Any) -> int:
     number = _integer(value)
     if not 0 <= number <= 65535:
@@ -226,6 +256,20 @@ KEYS: tuple[Key, ...] = (
     _key("server", "port", _port, 8000, "Port labs-api listens on."),
     _key("server", "preload_on_start", _boolean, False,
          "Load the default model before the API accepts traffic."),
+    # [engine]
+    _key("engine", "kv_cache_memory", _memory_budget, "auto",
+         "Memory for the KV cache: a size (2GiB, 512MB), a fraction of free memory (0.8), or auto "
+         "(2GiB on CPU, 0.8 of free GPU memory on CUDA).", env="LABS_KV_CACHE_MEMORY"),
+    _key("engine", "max_queue", integer_at_least(1), 256,
+         "Requests that may wait for a slot; past it new requests are refused as overloaded (503)."),
+    _key("engine", "max_num_seqs", integer_at_least(1), 128,
+         "Sequences decoded together at most."),
+    _key("engine", "max_batched_tokens", integer_at_least(16), 512,
+         "Tokens per forward step (decode tokens plus prefill chunks): bounds a step's latency.",
+         env="LABS_MAX_BATCHED_TOKENS"),
+    _key("engine", "prefix_caching", _boolean, True,
+         "Reuse the KV cache of prompt prefixes already computed (shared system prompts, chat history).",
+         env="LABS_PREFIX_CACHING"),
     # [embeddings]
     _key("embeddings", "model", _nonempty_text, "all-minilm-l6-v2",
          "Embedding model: alias, local sentence-transformers folder, or cached Hub id.",
@@ -250,4 +294,4 @@ KEYS: tuple[Key, ...] = (
 
 KEYS_BY_DOTTED: dict[str, Key] = {key.dotted: key for key in KEYS}
 KEYS_BY_ENV: dict[str, Key] = {key.env: key for key in KEYS}
-TABLES: tuple[str, ...] = ("generation", "quantization", "server", "embeddings", "rag", "paths", "models")
+TABLES: tuple[str, ...] = ("generation", "quantization", "server", "engine", "embeddings", "rag", "paths", "models")

@@ -25,14 +25,13 @@ from labs.engine.sampler import RowState, Sampler, make_generator
 from labs.engine.sampling import SamplingParams
 from labs.engine.scheduler import Scheduler, SchedulerOutput
 from labs.engine.sequence import OutputSink, RequestOutput, Sequence, Status
-from labs.engine.sequential import eos_token_ids
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class EngineConfig:
-    kv_cache_memory: int | float = 2 * 1024**3  # bytes, or a fraction (<= 1) of free memory
+    kv_cache_memory: str | int | float = "auto"  # "auto", bytes, or a fraction (<= 1) of free memory
     block_size: int = 16
     max_num_seqs: int = 128  # running sequences at once
     max_batched_tokens: int = 512  # tokens per forward (decode tokens + prefill chunks)
@@ -315,6 +314,19 @@ class EngineCore:
         stats.kv_cache_usage = self.allocator.usage
         stats.kv_cache_blocks_used = self.allocator.num_used_blocks
         return stats
+
+
+def eos_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    """Every id that ends generation: the generation config's (often several) and the tokenizer's."""
+    ids: set[int] = set()
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif isinstance(configured, (list, tuple)):
+        ids.update(int(i) for i in configured)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return frozenset(ids)
 
 
 def _error_message(error: Exception) -> str:

@@ -1,9 +1,10 @@
-"""Sampling parameters from the configured [generation] defaults."""
+"""Engine and sampling settings from the configuration ([engine] and [generation] tables)."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
+from labs.engine.core import EngineConfig
 from labs.engine.sampling import SamplingParams
 
 
@@ -17,4 +18,15 @@ def sampling_params_from_settings(generation: SimpleNamespace) -> SamplingParams
         top_k=generation.top_k,
         repetition_penalty=generation.repetition_penalty,
         seed=generation.seed,
+    )
+
+
+def engine_config_from_settings(engine: SimpleNamespace, kv_cache_memory: str | int | float | None = None) -> EngineConfig:
+    """`kv_cache_memory` overrides the configured budget (e.g. a one-shot CLI run sized to its request)."""
+    return EngineConfig(
+        kv_cache_memory=engine.kv_cache_memory if kv_cache_memory is None else kv_cache_memory,
+        max_num_seqs=engine.max_num_seqs,
+        max_batched_tokens=engine.max_batched_tokens,
+        max_queue=engine.max_queue,
+        enable_prefix_caching=engine.prefix_caching,
     )

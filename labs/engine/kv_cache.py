@@ -76,8 +76,14 @@ def num_blocks_for_budget(shape: CacheShape, block_size: int, budget_bytes: int)
     return budget_bytes // (shape.bytes_per_token * block_size)
 
 
-def budget_bytes(setting: float | int, device: torch.device) -> int:
-    """`kv_cache_memory`: bytes, or a fraction (<= 1) of free GPU memory / available RAM."""
+AUTO_CPU_BUDGET = 2 * 1024**3
+AUTO_GPU_FRACTION = 0.8
+
+
+def budget_bytes(setting: str | int | float, device: torch.device) -> int:
+    """`kv_cache_memory`: auto, bytes, or a fraction (<= 1) of free GPU memory / available RAM."""
+    if setting == "auto":
+        setting = AUTO_GPU_FRACTION if device.type == "cuda" else AUTO_CPU_BUDGET
     if isinstance(setting, float) and setting <= 1:
         if device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(device)

@@ -29,7 +29,8 @@ class LoadedModel:
     tokenizer: Any
     placement: Placement
     quantization: str | None
-    load_seconds: float
+    load_seconds: float  # reading tokenizer and weights onto the device
+    import_seconds: float = 0.0  # importing torch/transformers' modeling code (paid once per process)
 
     @property
     def context_length(self) -> int:
@@ -49,8 +50,18 @@ class LoadedModel:
         return f"{self.name} on {self.placement.device} ({dtype_name(self.placement.dtype)}{quant})"
 
 
+def _import_modeling_code() -> float:
+    """Import transformers' modeling stack (several seconds on first use, independent of the model)."""
+    started = time.perf_counter()
+    import transformers.activations  # noqa: F401 - pulls in torch.distributed, sympy, ...
+    import transformers.modeling_utils  # noqa: F401
+
+    return time.perf_counter() - started
+
+
 def load_model(settings: Settings, model: str | None = None, progress: Progress | None = None) -> LoadedModel:
     """Resolve `model` (default: the configured one) and load it."""
+    import_seconds = _import_modeling_code()
     started = time.perf_counter()
     spec = model or settings.generation.model_name
     source = resolve_model(spec, settings.model_aliases)
@@ -83,6 +94,6 @@ def load_model(settings: Settings, model: str | None = None, progress: Progress 
     if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
         tokenizer.pad_token = tokenizer.eos_token
     quant = "4-bit" if settings.quantization.load_in_4bit else "8-bit" if settings.quantization.load_in_8bit else None
-    loaded = LoadedModel(source.name, source, weights, tokenizer, placement, quant, time.perf_counter() - started)
-    logger.info("loaded %s in %.1f s", loaded.describe(), loaded.load_seconds)
+    loaded = LoadedModel(source.name, source, weights, tokenizer, placement, quant, time.perf_counter() - started, import_seconds)
+    logger.info("loaded %s in %.1f s (after %.1f s importing modeling code)", loaded.describe(), loaded.load_seconds, import_seconds)
     return loaded
