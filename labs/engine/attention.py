@@ -35,16 +35,19 @@ class PrefillChunk:
 
 @dataclass
 class DecodeRows:
-    rows: torch.Tensor  # [Bd] row index in the packed batch
-    context_slots: torch.Tensor  # [Bd, L] slot ids, padded with slot 0
-    padding: torch.Tensor  # [Bd, 1, 1, L] bool, True where the slot is padding
+    """The decoding sequences occupy rows [0, count) of the packed batch."""
+
+    count: int
+    block_size: int
+    block_tables: torch.Tensor  # [kv_heads * count * blocks]: block ids per kv head (offset by head * num_blocks) and sequence
+    padding: torch.Tensor  # [1, count, 1, L] bool, True past a sequence's length (L = blocks * block_size)
 
 
 @dataclass
 class PagedBatch:
     """What one forward needs to know about the cache layout; built by the runner."""
 
-    key_cache: list[torch.Tensor]  # per layer [num_slots, kv_heads, head_dim]
+    key_cache: list[torch.Tensor]  # per layer [kv_heads, num_slots, head_dim]
     value_cache: list[torch.Tensor]
     slot_mapping: torch.Tensor  # [T] where each new token's key/value goes
     decode: DecodeRows | None = None
@@ -69,34 +72,45 @@ def paged_attention_forward(
     key_cache, value_cache = labs_batch.key_cache[layer], labs_batch.value_cache[layer]
     # [1, heads, T, D] -> [T, heads, D]
     q = query[0].transpose(0, 1)
-    key_cache.index_copy_(0, labs_batch.slot_mapping, key[0].transpose(0, 1).to(key_cache.dtype))
-    value_cache.index_copy_(0, labs_batch.slot_mapping, value[0].transpose(0, 1).to(value_cache.dtype))
+    key_cache.index_copy_(1, labs_batch.slot_mapping, key[0].to(key_cache.dtype))
+    value_cache.index_copy_(1, labs_batch.slot_mapping, value[0].to(value_cache.dtype))
     scale = scaling if scaling is not None else q.shape[-1] ** -0.5
     out = torch.empty_like(q)
     if labs_batch.decode is not None:
-        out[labs_batch.decode.rows] = _decode_attention(q, key_cache, value_cache, labs_batch.decode, scale)
+        out[:labs_batch.decode.count] = _decode_attention(q, key_cache, value_cache, labs_batch.decode, scale)
     for chunk in labs_batch.prefills:
         out[chunk.start:chunk.end] = _prefill_attention(q[chunk.start:chunk.end], key_cache, value_cache, chunk, scale)
     return out.unsqueeze(0), None
 
 
 def _decode_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, decode: DecodeRows, scale: float) -> torch.Tensor:
-    rows = decode.rows.shape[0]
-    heads, head_dim = q.shape[1], q.shape[2]
-    kv_heads = key_cache.shape[1]
+    """One query token per sequence against its whole context.
+
+    The cache is kv-head major ([kv_heads, slots, head_dim]) and a block of one head is one
+    contiguous run of block_size * head_dim values, so a single `index_select` gathers every
+    sequence's context, for every kv head, already in the layout of a batched matmul over
+    (kv_head, sequence): no repeat_kv, no transposed copies.
+    """
+    rows = decode.count
+    kv_heads, _, head_dim = key_cache.shape
+    heads = q.shape[1]
     group = heads // kv_heads
-    keys = key_cache[decode.context_slots].permute(0, 2, 3, 1)  # [B, kvh, D, L]
-    values = value_cache[decode.context_slots].transpose(1, 2)  # [B, kvh, L, D]
-    queries = q[decode.rows].view(rows, kv_heads, group, head_dim).to(keys.dtype)
-    scores = torch.matmul(queries, keys).mul_(scale)  # [B, kvh, group, L]
-    scores.masked_fill_(decode.padding, float("-inf"))
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(values.dtype)
-    return torch.matmul(probs, values).reshape(rows, heads, head_dim).to(q.dtype)
+    width = decode.block_size * head_dim
+    keys = key_cache.view(-1, width).index_select(0, decode.block_tables)
+    values = value_cache.view(-1, width).index_select(0, decode.block_tables)
+    keys = keys.view(kv_heads * rows, -1, head_dim)  # [kvh * B, L, D]
+    values = values.view(kv_heads * rows, -1, head_dim)
+    queries = q[:rows].view(rows, kv_heads, group, head_dim).transpose(0, 1).reshape(kv_heads * rows, group, head_dim)
+    scores = torch.bmm(queries.to(keys.dtype), keys.transpose(1, 2))  # [kvh * B, group, L]
+    scores = scores.view(kv_heads, rows, group, -1).mul_(scale).masked_fill_(decode.padding, float("-inf"))
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(values.dtype).view(kv_heads * rows, group, -1)
+    out = torch.bmm(probs, values).view(kv_heads, rows, group, head_dim)
+    return out.transpose(0, 1).reshape(rows, heads, head_dim).to(q.dtype)
 
 
 def _prefill_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, chunk: PrefillChunk, scale: float) -> torch.Tensor:
-    keys = key_cache[chunk.context_slots].transpose(0, 1).unsqueeze(0).to(q.dtype)  # [1, kvh, L, D]
-    values = value_cache[chunk.context_slots].transpose(0, 1).unsqueeze(0).to(q.dtype)
+    keys = key_cache.index_select(1, chunk.context_slots).unsqueeze(0).to(q.dtype)  # [1, kvh, L, D]
+    values = value_cache.index_select(1, chunk.context_slots).unsqueeze(0).to(q.dtype)
     queries = q.transpose(0, 1).unsqueeze(0)  # [1, heads, q, D]
     if chunk.causal_mask is None:
         out = F.scaled_dot_product_attention(queries, keys, values, is_causal=True, scale=scale, enable_gqa=True)

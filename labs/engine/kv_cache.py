@@ -1,8 +1,9 @@
 """Preallocated key/value storage, sized from a memory budget.
 
-One tensor per layer for keys and one for values, shaped [num_blocks * block_size, kv_heads,
-head_dim]: a token's slot is a row, so writing a step's new keys is one `index_copy_` per layer
-and a sequence's context is a row gather. Allocated once, never grown.
+One tensor per layer for keys and one for values, shaped [kv_heads, num_blocks * block_size,
+head_dim]: writing a step's new keys is one `index_copy_` per layer, and a block of one kv head
+is contiguous, so gathering contexts is a single `index_select` of large runs (see attention.py).
+Allocated once, never grown.
 """
 
 from __future__ import annotations
@@ -56,8 +57,8 @@ class KVCache:
         self.num_blocks = num_blocks
         self.block_size = block_size
         slots = num_blocks * block_size
-        self.key = [torch.zeros(slots, shape.kv_heads, shape.head_dim, dtype=shape.dtype, device=device) for _ in range(shape.num_layers)]
-        self.value = [torch.zeros(slots, shape.kv_heads, shape.head_dim, dtype=shape.dtype, device=device) for _ in range(shape.num_layers)]
+        self.key = [torch.zeros(shape.kv_heads, slots, shape.head_dim, dtype=shape.dtype, device=device) for _ in range(shape.num_layers)]
+        self.value = [torch.zeros(shape.kv_heads, slots, shape.head_dim, dtype=shape.dtype, device=device) for _ in range(shape.num_layers)]
         logger.info("KV cache: %d blocks of %d tokens (%.2f GiB)", num_blocks, block_size, self.nbytes / 1024**3)
 
     @property
@@ -69,7 +70,7 @@ class KVCache:
         size = self.block_size
         for tensors in (self.key, self.value):
             for layer in tensors:
-                layer[dst * size:(dst + 1) * size] = layer[src * size:(src + 1) * size]
+                layer[:, dst * size:(dst + 1) * size] = layer[:, src * size:(src + 1) * size]
 
 
 def num_blocks_for_budget(shape: CacheShape, block_size: int, budget_bytes: int) -> int:

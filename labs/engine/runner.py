@@ -46,7 +46,7 @@ class ModelRunner:
             tokens.append(seq.output_token_ids[-1])
             positions.append(seq.num_tokens - 1)
             slots.append(slot)
-        decode = self._decode_rows(scheduled.decodes) if scheduled.decodes else None
+        decode = self._decode_rows(scheduled.decodes) if scheduled.decodes else None  # rows [0, len(decodes))
         prefills: list[PrefillChunk] = []
         for item in scheduled.prefills:
             start, end = item.start, item.start + item.length
@@ -80,18 +80,19 @@ class ModelRunner:
         return StepLogits(sampled, output.logits[0, :len(sampled)].float())
 
     def _decode_rows(self, seqs: list[Sequence]) -> DecodeRows:
-        """Padded context slots of every decoding sequence, built from block tables in numpy."""
+        """Block tables of the decoding sequences, padded to the longest, and the padding mask."""
         size = self.block_size
         tables = [self.allocator.block_table(seq.seq_id) for seq in seqs]
         width = max(len(t) for t in tables)
         padded = np.zeros((len(seqs), width), dtype=np.int64)
         for i, table in enumerate(tables):
             padded[i, :len(table)] = table
-        slots = (padded[:, :, None] * size + np.arange(size)).reshape(len(seqs), width * size)
         lengths = np.array([seq.num_tokens for seq in seqs])
         padding = np.arange(width * size)[None, :] >= lengths[:, None]
+        per_head = padded[None, :, :] + (np.arange(self.cache.shape.kv_heads) * self.cache.num_blocks)[:, None, None]
         return DecodeRows(
-            rows=torch.arange(len(seqs), device=self.device),
-            context_slots=torch.from_numpy(slots).to(self.device),
-            padding=torch.from_numpy(padding).to(self.device)[:, None, None, :],
+            count=len(seqs),
+            block_size=size,
+            block_tables=torch.from_numpy(per_head.reshape(-1)).to(self.device),
+            padding=torch.from_numpy(padding).to(self.device)[None, :, None, :],
         )

@@ -161,3 +161,21 @@ def test_the_sample_labs_toml_uncommented_gives_the_defaults(tmp_path: Path) -> 
     defaults = load_settings(environ={}, cwd=tmp_path / "..")
     assert settings.values == defaults.values
     assert settings.model_aliases == {"my-qwen": "/models/Qwen2.5-0.5B-Instruct", "tiny-gguf": "/models/gguf:tinyllama.Q4_K_M.gguf"}
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("auto", "auto"), ("2GiB", 2 * 1024**3), ("512MB", 512_000_000), ("0.8", 0.8), ("1073741824", 1073741824)],
+)
+def test_kv_cache_memory_accepts_sizes_fractions_and_auto(tmp_path: Path, raw: str, expected: object) -> None:
+    assert load_settings(environ={"LABS_KV_CACHE_MEMORY": raw}, cwd=tmp_path).engine.kv_cache_memory == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [("lots", "expected auto, a size such as 2GiB"), ("3TB", "unknown size unit 'tb'"), ("-1", "must be positive"),
+     ("1.5", "byte count and must be whole")],
+)
+def test_kv_cache_memory_rejects_nonsense(tmp_path: Path, raw: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^LABS_KV_CACHE_MEMORY = '{raw}' \(env LABS_KV_CACHE_MEMORY\): .*{message}"):
+        load_settings(environ={"LABS_KV_CACHE_MEMORY": raw}, cwd=tmp_path)

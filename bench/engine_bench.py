@@ -1,0 +1,292 @@
+"""Benchmark the labs engine against its peers on one fixed chat workload, in one run.
+
+    uv run python bench/engine_bench.py                 # full: 64 requests x 128 tokens, c = 1, 8, 32
+    uv run python bench/engine_bench.py --quick         # smoke test: 8 requests x 32 tokens, c = 1, 4
+    uv run python bench/engine_bench.py --only engine,naive --concurrency 1,8
+    uv run python bench/engine_bench.py --write         # also append the results to docs/benchmarks.md
+
+What runs, in this order (one model load per system, each freed before the next):
+1. labs engine, in-process: `concurrency` closed-loop asyncio clients (a semaphore), greedy,
+   `ignore_eos`, exactly `max_tokens` output tokens per request. Then the prefix-caching section:
+   16 sequential requests sharing a ~400-token system prompt, on a fresh engine with prefix
+   caching off and one with it on (skip with --no-prefix, or run alone with --only prefix).
+2. naive `model.generate`, batch 1, one request at a time, `min_new_tokens = max_new_tokens`.
+   Measured once sequentially; its tok/s is the same at every concurrency, and its TTFT at c > 1
+   is simulated from the measured service times as c clients queued in front of it (see naive.py).
+3. `transformers serve --continuous-batching` as a subprocess on a free port, same converted
+   model folder, dtype and device, streamed OpenAI chat completions (EOS disabled through its
+   `generation_config` field; see serve_peer.py).
+
+How to read it: tok/s = all output tokens / wall time of the whole batch of requests (higher is
+better); TTFT = time from sending a request to its first token, p50/p95 over the requests (it
+includes queueing); TPOT = (last token - first token) / (tokens - 1), p50. Ratios are engine ÷
+peer for tok/s and peer ÷ engine for TTFT, so > 1x always means the engine is better. The floors
+are the best any implementation could do on this machine (see machine.py). On a 2-core machine,
+anything else running halves the numbers: compare ratios from the same run, not absolute times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import gc
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+sys.path.insert(0, str(BENCH_DIR))
+
+from rich.console import Console  # noqa: E402
+
+import engine_runs  # noqa: E402
+import naive  # noqa: E402
+import report  # noqa: E402
+import serve_peer  # noqa: E402
+from machine import Floors, describe_machine, measure_floors  # noqa: E402
+from workload import PREFIX_QUESTIONS, SHARED_SYSTEM_PROMPT, LoadResult, chat_messages, workload_questions  # noqa: E402
+
+SYSTEMS = ("engine", "prefix", "naive", "serve")
+console = Console() if sys.stdout.isatty() else Console(width=160)  # no wrapping in logs
+
+
+@dataclass(frozen=True)
+class Options:
+    requests: int
+    max_tokens: int
+    concurrency: list[int]
+    systems: set[str]
+    prefix_requests: int
+    prefix_max_tokens: int
+    write: Path | None
+    quick: bool
+
+
+def parse_args(argv: list[str] | None = None) -> Options:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke test: 8 requests x 32 tokens at concurrency 1,4")
+    parser.add_argument("--only", default=",".join(SYSTEMS),
+                        help="comma-separated subset of engine,prefix,naive,serve (engine implies prefix)")
+    parser.add_argument("--no-prefix", action="store_true", help="skip the prefix-caching section")
+    parser.add_argument("--concurrency", help="comma-separated levels (default 1,8,32; quick 1,4)")
+    parser.add_argument("--requests", type=int, help="requests per level (default 64; quick 8)")
+    parser.add_argument("--max-tokens", type=int, help="output tokens per request (default 128; quick 32)")
+    parser.add_argument("--write", nargs="?", const=REPO / "docs" / "benchmarks.md", type=Path, metavar="PATH",
+                        help="append the results to docs/benchmarks.md (or PATH)")
+    args = parser.parse_args(argv)
+    systems = {s.strip() for s in args.only.split(",") if s.strip()}
+    if unknown := systems - set(SYSTEMS):
+        parser.error(f"--only: unknown system(s) {sorted(unknown)}; choose from {','.join(SYSTEMS)}")
+    if "engine" in systems:
+        systems.add("prefix")
+    if args.no_prefix:
+        systems.discard("prefix")
+    default_levels = "1,4" if args.quick else "1,8,32"
+    return Options(
+        requests=args.requests or (8 if args.quick else 64),
+        max_tokens=args.max_tokens or (32 if args.quick else 128),
+        concurrency=[int(c) for c in (args.concurrency or default_levels).split(",")],
+        systems=systems,
+        prefix_requests=4 if args.quick else len(PREFIX_QUESTIONS),
+        prefix_max_tokens=4 if args.quick else 16,
+        write=args.write,
+        quick=args.quick,
+    )
+
+
+# ---------------------------------------------------------------------- model and prompts
+
+def load_default_model() -> tuple[Any, Any]:
+    from labs.config import load_settings
+    from labs.models import load_model
+
+    settings = load_settings()
+    return settings, load_model(settings)
+
+
+def converted_folder(loaded: Any, settings: Any) -> Path:
+    from labs.models.gguf_cache import converted_folder_for
+
+    if loaded.source.kind == "gguf":
+        return converted_folder_for(loaded.source.path, settings.paths.cache_dir)
+    return Path(loaded.source.path)
+
+
+def encode(tokenizer: Any, conversations: list[list[dict[str, str]]]) -> list[list[int]]:
+    from labs.models.prompting import prompt_token_ids
+
+    return [prompt_token_ids(tokenizer, messages=m) for m in conversations]
+
+
+def release_memory() -> None:
+    """Collect what the caller has just dropped (models, engines and their KV caches)."""
+    gc.collect()
+
+
+# ---------------------------------------------------------------------- the three systems
+
+def run_engine(loaded: Any, settings: Any, prompts: list[list[int]], opts: Options) -> list[LoadResult]:
+    from labs.engine.defaults import engine_config_from_settings
+    from labs.engine.engine import Engine
+
+    config = engine_config_from_settings(settings.engine)
+    console.print(f"[bold]labs engine[/] {config}")
+    engine = Engine(loaded.model, loaded.tokenizer, loaded.context_length, config)
+    results = []
+    try:
+        asyncio.run(engine_runs.warm_up(engine, prompts, batch=min(max(opts.concurrency), 8)))
+        for c in opts.concurrency:
+            result = asyncio.run(engine_runs.run_load(engine, prompts, opts.max_tokens, c))
+            result.notes += engine_runs.engine_notes(engine)
+            results.append(progress(result))
+    finally:
+        engine.shutdown()
+    return results
+
+
+def run_prefix(loaded: Any, settings: Any, opts: Options) -> tuple[engine_runs.PrefixResult, engine_runs.PrefixResult]:
+    from labs.engine.defaults import engine_config_from_settings
+    from labs.engine.engine import Engine
+
+    conversations = [chat_messages(q, SHARED_SYSTEM_PROMPT) for q in PREFIX_QUESTIONS[:opts.prefix_requests]]
+    prompts = encode(loaded.tokenizer, conversations)
+    warmup = encode(loaded.tokenizer, [chat_messages("Hello!", "You are a terse assistant.")])[0]
+    cases = []
+    for enabled in (False, True):
+        config = dataclasses.replace(engine_config_from_settings(settings.engine), enable_prefix_caching=enabled)
+        engine = Engine(loaded.model, loaded.tokenizer, loaded.context_length, config)
+        try:
+            case = asyncio.run(engine_runs.run_prefix_case(engine, prompts, warmup, opts.prefix_max_tokens, enabled))
+        finally:
+            engine.shutdown()
+        console.print(f"  prefix caching {'on ' if enabled else 'off'}: TTFT p50 {case.ttft_p50 * 1000:.1f} ms, "
+                      f"cached prompt tokens p50 {case.cached_tokens_p50:.0f} of {case.prompt_tokens}")
+        cases.append(case)
+        engine = None
+        release_memory()
+    return cases[0], cases[1]
+
+
+def run_naive(model: Any, tokenizer: Any, prompts: list[list[int]], opts: Options) -> list[LoadResult]:
+    console.print(f"[bold]naive generate[/] ({next(model.parameters()).dtype}, batch 1, sequential)")
+    measured = progress(naive.run_sequential(model, tokenizer, prompts, opts.max_tokens))
+    return [naive.simulate_concurrency(measured, c) for c in opts.concurrency]
+
+
+def run_serve(folder: Path, dtype: str, device: str, conversations: list[list[dict[str, str]]], opts: Options) -> list[LoadResult]:
+    console.print(f"[bold]transformers serve --continuous-batching[/] on {folder}")
+    results = []
+    with serve_peer.ServeProcess(folder, dtype, device) as server:
+        console.print(f"  ready on {server.base_url}; warming up")
+        warm = asyncio.run(serve_peer.warm_up(server, conversations[0], opts.max_tokens))
+        if warm.tokens != opts.max_tokens:
+            console.print(f"  [yellow]warm-up returned {warm.tokens} tokens, asked for {opts.max_tokens}[/]")
+        for c in opts.concurrency:
+            results.append(progress(asyncio.run(serve_peer.run_load(server, conversations, opts.max_tokens, c))))
+    return results
+
+
+def progress(result: LoadResult) -> LoadResult:
+    console.print(f"  c={result.concurrency:<3} {result.tokens_per_s:8.1f} tok/s  TTFT p50 {result.ttft_p50:6.3f} s  "
+                  f"wall {result.wall_s:6.1f} s")
+    return result
+
+
+# ---------------------------------------------------------------------- main
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(argv)
+    started = time.perf_counter()
+    machine = describe_machine(REPO)
+    settings, loaded = load_default_model()
+    folder = converted_folder(loaded, settings)
+    dtype = str(loaded.placement.dtype).removeprefix("torch.")
+    machine |= {"model": f"{loaded.name} ({folder.name})", "dtype": dtype, "device": str(loaded.device)}
+    conversations = [chat_messages(q) for q in workload_questions(opts.requests)]
+    prompts = encode(loaded.tokenizer, conversations)
+    console.print(f"{opts.requests} requests x {opts.max_tokens} tokens, concurrency {opts.concurrency}, "
+                  f"prompts {min(map(len, prompts))}-{max(map(len, prompts))} tokens, {loaded.describe()}")
+    floors = measure_floors(loaded.model)
+    results: list[LoadResult] = []
+    prefix = None
+    engine_used_model = bool(opts.systems & {"engine", "prefix"})
+    if "engine" in opts.systems:
+        results += run_engine(loaded, settings, prompts, opts)
+        release_memory()
+    if "prefix" in opts.systems:
+        prefix = run_prefix(loaded, settings, opts)
+    if "naive" in opts.systems:
+        if engine_used_model:  # the engine swapped the model's attention: load a clean copy
+            loaded = None
+            release_memory()
+            settings, loaded = load_default_model()
+        results += run_naive(loaded.model, loaded.tokenizer, prompts, opts)
+    device = str(loaded.device)
+    loaded = None
+    release_memory()
+    if "serve" in opts.systems:
+        results += run_serve(folder, dtype, device, conversations, opts)
+    elapsed = time.perf_counter() - started
+    tables = build_tables(results, floors, prefix)
+    notes = collect_notes(results)
+    print_report(tables, notes, elapsed)
+    if opts.write:
+        write_markdown(opts.write, machine, opts, tables, notes, elapsed)
+        console.print(f"appended to {opts.write}")
+    return 0
+
+
+def build_tables(results: list[LoadResult], floors: Floors,
+                 prefix: tuple[engine_runs.PrefixResult, engine_runs.PrefixResult] | None) -> list[report.Table]:
+    tables = []
+    if results:
+        tables += [report.results_table(results), report.ratios_table(results)]
+    tables.append(report.floors_table(floors, results))
+    if prefix:
+        tables.append(report.prefix_table(*prefix))
+    return tables
+
+
+def collect_notes(results: list[LoadResult]) -> list[str]:
+    notes: dict[str, None] = {}
+    for r in results:
+        for note in r.notes:
+            if not note.startswith("engine steps"):
+                notes[f"{r.system}: {note}"] = None
+    return list(notes) + report.target_lines(results)
+
+
+def print_report(tables: list[report.Table], notes: list[str], elapsed: float) -> None:
+    console.print()
+    for table in tables:
+        table.print(console)
+    for note in notes:
+        console.print(f"- {note}")
+    console.print(f"benchmark wall time {elapsed:.0f} s")
+
+
+def write_markdown(path: Path, machine: dict[str, str], opts: Options, tables: list[report.Table],
+                   notes: list[str], elapsed: float) -> None:
+    lines = [f"## {machine['date']}{' (quick smoke run)' if opts.quick else ''}", ""]
+    lines += [f"- {key}: {value}" for key, value in machine.items() if key != "date"]
+    lines += [f"- workload: {opts.requests} requests x {opts.max_tokens} output tokens, concurrency "
+              f"{', '.join(map(str, opts.concurrency))}; systems: {', '.join(sorted(opts.systems))}; "
+              f"benchmark wall time {elapsed:.0f} s", ""]
+    for table in tables:
+        lines += [table.markdown(), ""]
+    lines += [f"- {note}" for note in notes] + [""]
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("# Benchmarks\n\nSee bench/engine_bench.py for the method.\n\n")
+    with path.open("a") as handle:
+        handle.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""The machine the benchmark ran on, and the two speed floors from DESIGN.md measured on it.
+
+- single-stream floor: decoding one sequence reads every weight once per token, so it cannot
+  beat `memory bandwidth / weight bytes` tokens/s;
+- batch floor: every token costs ~2 FLOP per parameter, so a full batch cannot beat
+  `matmul FLOP/s / (2 * parameters)` tokens/s.
+Both are measured here, in the engine's dtype, with the same torch threads as the run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+
+@dataclass(frozen=True)
+class Floors:
+    dtype: torch.dtype
+    weight_bytes: int
+    parameters: int
+    bandwidth_gb_s: float  # best of a large copy (read + written) and a large sum (read)
+    matmul_gflop_s: float  # 1024x1024 matmul in `dtype`
+
+    @property
+    def single_stream_tok_s(self) -> float:
+        return self.bandwidth_gb_s * 1e9 / self.weight_bytes
+
+    @property
+    def batch_tok_s(self) -> float:
+        return self.matmul_gflop_s * 1e9 / (2 * self.parameters)
+
+
+def measure_bandwidth(megabytes: int = 512, repeats: int = 5) -> float:
+    """Best-of memory bandwidth in GB/s over a buffer far larger than the caches: the higher of
+    a copy (counting the bytes read and written) and a sum (bytes read)."""
+    source = torch.ones(megabytes * 2**20 // 4, dtype=torch.float32)
+    target = torch.empty_like(source)
+    nbytes = source.numel() * source.element_size()
+    copy = _best_time(lambda: target.copy_(source), repeats)
+    read = _best_time(lambda: source.sum(), repeats)
+    return max(2 * nbytes / copy, nbytes / read) / 1e9
+
+
+def _best_time(work: Callable[[], object], repeats: int) -> float:
+    work()  # first touch and warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        work()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def measure_matmul_gflops(dtype: torch.dtype, size: int = 1024, loops: int = 10, repeats: int = 3) -> float:
+    """Best-of GFLOP/s of a square matmul loop in `dtype`."""
+    a = torch.randn(size, size).to(dtype)
+    b = torch.randn(size, size).to(dtype)
+    out = torch.empty(size, size, dtype=dtype)
+
+    def work() -> None:
+        for _ in range(loops):
+            torch.matmul(a, b, out=out)
+
+    return 2 * size**3 * loops / _best_time(work, repeats) / 1e9
+
+
+def measure_floors(model: Any) -> Floors:
+    params = {p.data_ptr(): p for p in model.parameters()}.values()  # tied weights count once
+    dtype = next(iter(params)).dtype
+    return Floors(
+        dtype=dtype,
+        weight_bytes=sum(p.numel() * p.element_size() for p in params),
+        parameters=sum(p.numel() for p in params),
+        bandwidth_gb_s=measure_bandwidth(),
+        matmul_gflop_s=measure_matmul_gflops(dtype),
+    )
+
+
+def cpu_model() -> str:
+    for line in _read("/proc/cpuinfo").splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags_of_note() -> str:
+    flags: set[str] = set()
+    for line in _read("/proc/cpuinfo").splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
+    return " ".join(f for f in wanted if f in flags) or "none of avx2/avx512/amx"
+
+
+def ram_gib() -> float:
+    for line in _read("/proc/meminfo").splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) / 2**20
+    return float("nan")
+
+
+def git_revision(repo: Path) -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{head}{' + uncommitted changes' if dirty else ''}"
+
+
+def describe_machine(repo: Path) -> dict[str, str]:
+    import transformers
+
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    return {
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu_model(),
+        "cores": f"{os.cpu_count()} logical, torch threads {torch.get_num_threads()}",
+        "cpu flags": cpu_flags_of_note(),
+        "ram": f"{ram_gib():.1f} GiB",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "labs revision": git_revision(repo),
+        "load average at start": " ".join(f"{x:.2f}" for x in load),
+    }
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""

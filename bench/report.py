@@ -1,0 +1,121 @@
+"""Turn measurements into tables: printed with Rich, appended to docs/benchmarks.md as Markdown."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from rich.console import Console
+from rich.table import Table as RichTable
+
+from engine_runs import PrefixResult
+from machine import Floors
+from workload import LoadResult
+
+ENGINE, NAIVE, SERVE = "labs engine", "naive generate", "transformers serve --cb"
+
+
+@dataclass
+class Table:
+    title: str
+    headers: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+    left: int = 2  # the first `left` columns are labels (left-aligned), the rest numbers
+
+    def print(self, console: Console) -> None:
+        table = RichTable(title=self.title, title_justify="left")
+        for i, header in enumerate(self.headers):
+            table.add_column(header, justify="left" if i < self.left else "right")
+        for row in self.rows:
+            table.add_row(*row)
+        console.print(table)
+
+    def markdown(self) -> str:
+        lines = [f"**{self.title}**", "", "| " + " | ".join(self.headers) + " |",
+                 "|" + "|".join("---" if i < self.left else "---:" for i in range(len(self.headers))) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in self.rows]
+        return "\n".join(lines)
+
+
+def num(x: float, digits: int = 1) -> str:
+    return "—" if x is None or math.isnan(x) else f"{x:,.{digits}f}"
+
+
+def ratio(a: float, b: float) -> str:
+    return "—" if not b or math.isnan(a) or math.isnan(b) else f"{a / b:.2f}×"
+
+
+def results_table(results: list[LoadResult]) -> Table:
+    table = Table("Throughput and latency (output tok/s = all output tokens / wall time)",
+                  ["concurrency", "system", "requests", "output tokens", "wall s", "tok/s",
+                   "TTFT p50 s", "TTFT p95 s", "TPOT p50 ms"])
+    for r in sorted(results, key=lambda r: (r.concurrency, [ENGINE, NAIVE, SERVE].index(r.system))):
+        table.rows.append([str(r.concurrency), r.system, str(len(r.timings)), f"{r.output_tokens:,}", num(r.wall_s),
+                           num(r.tokens_per_s), num(r.ttft_p50, 3), num(r.ttft_p95, 3), num(r.tpot_p50 * 1000)])
+    return table
+
+
+def ratios_table(results: list[LoadResult]) -> Table:
+    """Engine against each peer at each concurrency; > 1 always means the engine is better."""
+    table = Table("Engine vs peers (> 1× means the engine is better)",
+                  ["concurrency", "tok/s engine ÷ naive", "tok/s engine ÷ serve",
+                   "TTFT p50 naive ÷ engine", "TTFT p50 serve ÷ engine"], left=1)
+    by_key = {(r.system, r.concurrency): r for r in results}
+    for c in sorted({r.concurrency for r in results}):
+        engine, naive, serve = (by_key.get((s, c)) for s in (ENGINE, NAIVE, SERVE))
+        if engine is None:
+            continue
+        nan = math.nan
+        table.rows.append([
+            str(c),
+            ratio(engine.tokens_per_s, naive.tokens_per_s if naive else nan),
+            ratio(engine.tokens_per_s, serve.tokens_per_s if serve else nan),
+            ratio(naive.ttft_p50 if naive else nan, engine.ttft_p50),
+            ratio(serve.ttft_p50 if serve else nan, engine.ttft_p50),
+        ])
+    return table
+
+
+def floors_table(floors: Floors, results: list[LoadResult]) -> Table:
+    engine = sorted((r for r in results if r.system == ENGINE), key=lambda r: r.concurrency)
+    single = next((r for r in engine if r.concurrency == 1), None)
+    best = max(engine, key=lambda r: r.tokens_per_s, default=None)
+    table = Table(f"Floors for this machine ({str(floors.dtype).removeprefix('torch.')} weights)",
+                  ["floor", "how", "tok/s", "engine reaches"])
+    table.rows.append([
+        "single stream", f"{floors.weight_bytes / 1e6:,.0f} MB of weights ÷ {floors.bandwidth_gb_s:.1f} GB/s memory bandwidth",
+        num(floors.single_stream_tok_s, 0),
+        f"{single.tokens_per_s / floors.single_stream_tok_s:.0%} at c=1" if single else "—",
+    ])
+    table.rows.append([
+        "batch", f"{floors.matmul_gflop_s:,.0f} GFLOP/s (1024² matmul) ÷ (2 × {floors.parameters / 1e6:,.1f} M parameters)",
+        num(floors.batch_tok_s, 0),
+        f"{best.tokens_per_s / floors.batch_tok_s:.0%} at c={best.concurrency}" if best else "—",
+    ])
+    return table
+
+
+def prefix_table(off: PrefixResult, on: PrefixResult) -> Table:
+    table = Table(f"Prefix caching: {len(on.timings)} sequential requests sharing a {on.prompt_tokens}-token prompt prefix "
+                  f"(TTFT p50 off ÷ on = {ratio(off.ttft_p50, on.ttft_p50)})",
+                  ["prefix caching", "requests", "cached prompt tokens p50", "TTFT p50 ms"], left=1)
+    for case in (off, on):
+        table.rows.append(["on" if case.prefix_caching else "off", str(len(case.timings)),
+                           num(case.cached_tokens_p50, 0), num(case.ttft_p50 * 1000)])
+    return table
+
+
+def target_lines(results: list[LoadResult]) -> list[str]:
+    """Issue 3's "Done when" numbers, for information (nothing here fails a run)."""
+    by_key = {(r.system, r.concurrency): r for r in results}
+    lines = []
+    e32, s32 = by_key.get((ENGINE, 32)), by_key.get((SERVE, 32))
+    e1, n1 = by_key.get((ENGINE, 1)), by_key.get((NAIVE, 1))
+    if e32:
+        lines.append(f"c=32 aggregate {e32.tokens_per_s:,.0f} tok/s (target ≥ 400, goal 1,000)")
+        lines.append(f"c=32 TTFT p50 {e32.ttft_p50:.2f} s (target < 1.5 s)")
+    if e32 and s32:
+        lines.append(f"c=32 engine ÷ transformers serve --cb = {e32.tokens_per_s / s32.tokens_per_s:.2f}× (target ≥ 4×)")
+    if e1 and n1:
+        lines.append(f"c=1 engine ÷ naive generate = {e1.tokens_per_s / n1.tokens_per_s:.2f}× (target ≥ 1.5×)")
+    return lines

@@ -1,0 +1,158 @@
+"""Peer 2: `transformers serve --continuous-batching`, a subprocess on a free port, over HTTP.
+
+The server is started on the same converted model folder, dtype and device as the engine, and
+stopped (its whole process group) when the `with` block ends, also on Ctrl-C and errors.
+Requests are streamed OpenAI chat completions sent with httpx.
+
+Ignoring EOS: transformers serve has no `ignore_eos` / `min_tokens` field, but it accepts a
+`generation_config` JSON field that replaces the request's GenerationConfig; with
+`eos_token_id: -1` its continuous-batching scheduler has no EOS to stop on, so every request
+runs to `max_tokens`. Output tokens are counted from the final chunk's `usage.completion_tokens`
+(the stream may merge several tokens into one chunk); any request that came back short is
+reported in the notes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+from workload import LoadResult, RequestTiming
+
+READY_TIMEOUT_S = 180.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServeProcess:
+    """`transformers serve FOLDER --continuous-batching` for the duration of a `with` block."""
+
+    def __init__(self, folder: Path, dtype: str, device: str) -> None:
+        self.folder = folder
+        self.model_id = str(folder)
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.command = [
+            str(Path(sys.executable).with_name("transformers")), "serve", self.model_id,
+            "--continuous-batching", "--dtype", dtype, "--device", device,
+            "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning",
+        ]
+        self._log = tempfile.NamedTemporaryFile("w+", prefix="transformers-serve-", suffix=".log", delete=False)
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> "ServeProcess":
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        self._process = subprocess.Popen(self.command, stdout=self._log, stderr=subprocess.STDOUT,
+                                         env=env, start_new_session=True)
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            assert self._process is not None
+            if self._process.poll() is not None:
+                raise RuntimeError(f"transformers serve exited with code {self._process.returncode}:\n{self.log_tail()}")
+            try:
+                if httpx.get(f"{self.base_url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"transformers serve was not ready after {READY_TIMEOUT_S:.0f} s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        """Terminate the server's process group (SIGTERM, then SIGKILL after 10 s)."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        for sig, wait_s in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(process.pid, sig)  # the group this script created for the server
+            except ProcessLookupError:
+                return
+            try:
+                process.wait(wait_s)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    def log_tail(self, lines: int = 30) -> str:
+        self._log.flush()
+        return "\n".join(Path(self._log.name).read_text(errors="replace").splitlines()[-lines:])
+
+
+def request_body(model_id: str, messages: list[dict[str, str]], max_tokens: int) -> dict[str, object]:
+    generation = {"max_new_tokens": max_tokens, "do_sample": False, "eos_token_id": -1}
+    return {"model": model_id, "messages": messages, "stream": True, "max_tokens": max_tokens,
+            "generation_config": json.dumps(generation)}
+
+
+async def stream_one(client: httpx.AsyncClient, server: ServeProcess, messages: list[dict[str, str]], max_tokens: int) -> RequestTiming:
+    body = request_body(server.model_id, messages, max_tokens)
+    timing = RequestTiming(submitted=time.perf_counter())
+    usage_tokens: int | None = None
+    chunks = 0
+    async with client.stream("POST", f"{server.base_url}/v1/chat/completions", json=body) as response:
+        if response.status_code != 200:
+            raise RuntimeError(f"transformers serve answered {response.status_code}: {(await response.aread())[:500]!r}")
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            payload = json.loads(line[6:])
+            if "error" in payload:
+                raise RuntimeError(f"transformers serve stream error: {payload['error']}")
+            for choice in payload.get("choices", []):
+                if (choice.get("delta") or {}).get("content"):
+                    chunks += 1
+                    timing.record(1, time.perf_counter())
+            if payload.get("usage"):
+                usage_tokens = payload["usage"].get("completion_tokens")
+    timing.finished = time.perf_counter()
+    timing.tokens = usage_tokens if usage_tokens is not None else chunks
+    return timing
+
+
+async def run_load(server: ServeProcess, conversations: list[list[dict[str, str]]], max_tokens: int, concurrency: int) -> LoadResult:
+    semaphore = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(timeout=None, limits=httpx.Limits(max_connections=concurrency + 4)) as client:
+        async def one(messages: list[dict[str, str]]) -> RequestTiming:
+            async with semaphore:
+                return await stream_one(client, server, messages, max_tokens)
+
+        started = time.perf_counter()
+        timings = await asyncio.gather(*(one(m) for m in conversations))
+        wall = time.perf_counter() - started
+    result = LoadResult("transformers serve --cb", concurrency, list(timings), wall)
+    short = [t.tokens for t in timings if t.tokens != max_tokens]
+    if short:
+        result.notes.append(f"{len(short)} requests returned != {max_tokens} tokens (min {min(short)}); tok/s uses the counts received")
+    return result
+
+
+async def warm_up(server: ServeProcess, messages: list[dict[str, str]], max_tokens: int) -> RequestTiming:
+    """One request (it also initialises the continuous-batching manager, which is lazy)."""
+    async with httpx.AsyncClient(timeout=None) as client:
+        return await stream_one(client, server, messages, max_tokens)
