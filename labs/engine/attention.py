@@ -25,12 +25,13 @@ ATTENTION_NAME = "labs_paged"
 
 @dataclass
 class PrefillChunk:
-    """Query rows [start, end) of the packed batch; they attend to `context_slots` (which end with them)."""
+    """Query rows [start, end) of the packed batch: positions [first_position, first_position + end - start)
+    of one sequence, attending to `context_slots` (positions 0 .. the chunk's last)."""
 
     start: int
     end: int
+    first_position: int
     context_slots: torch.Tensor  # [context_len] slot ids, long
-    causal_mask: torch.Tensor | None  # [q, context_len] bool (True = attend) when a cached prefix precedes
 
 
 @dataclass
@@ -41,6 +42,7 @@ class DecodeRows:
     block_size: int
     block_tables: torch.Tensor  # [kv_heads * count * blocks]: block ids per kv head (offset by head * num_blocks) and sequence
     padding: torch.Tensor  # [1, count, 1, L] bool, True past a sequence's length (L = blocks * block_size)
+    lengths: torch.Tensor  # [1, count, 1, 1] tokens in each sequence's context (for sliding windows)
 
 
 @dataclass
@@ -63,9 +65,15 @@ def paged_attention_forward(
     scaling: float | None = None,
     dropout: float = 0.0,
     labs_batch: PagedBatch | None = None,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
     **_: Any,
 ) -> tuple[torch.Tensor, None]:
-    """Signature of transformers' attention interface; returns ([1, T, heads, head_dim], None)."""
+    """Signature of transformers' attention interface; returns ([1, T, heads, head_dim], None).
+
+    `sliding_window` (Mistral, Qwen2, Gemma) lets a query at position p see keys in
+    (p - window, p]; `softcap` (Gemma 2) squashes scores with tanh before the softmax.
+    """
     if labs_batch is None:
         raise RuntimeError("the labs_paged attention runs only inside the labs engine (labs_batch missing)")
     layer = module.layer_idx
@@ -77,13 +85,14 @@ def paged_attention_forward(
     scale = scaling if scaling is not None else q.shape[-1] ** -0.5
     out = torch.empty_like(q)
     if labs_batch.decode is not None:
-        out[:labs_batch.decode.count] = _decode_attention(q, key_cache, value_cache, labs_batch.decode, scale)
+        out[:labs_batch.decode.count] = _decode_attention(q, key_cache, value_cache, labs_batch.decode, scale, sliding_window, softcap)
     for chunk in labs_batch.prefills:
-        out[chunk.start:chunk.end] = _prefill_attention(q[chunk.start:chunk.end], key_cache, value_cache, chunk, scale)
+        out[chunk.start:chunk.end] = _prefill_attention(q[chunk.start:chunk.end], key_cache, value_cache, chunk, scale, sliding_window, softcap)
     return out.unsqueeze(0), None
 
 
-def _decode_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, decode: DecodeRows, scale: float) -> torch.Tensor:
+def _decode_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, decode: DecodeRows, scale: float,
+                      sliding_window: int | None, softcap: float | None) -> torch.Tensor:
     """One query token per sequence against its whole context.
 
     The cache is kv-head major ([kv_heads, slots, head_dim]) and a block of one head is one
@@ -102,21 +111,43 @@ def _decode_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: tor
     values = values.view(kv_heads * rows, -1, head_dim)
     queries = q[:rows].view(rows, kv_heads, group, head_dim).transpose(0, 1).reshape(kv_heads * rows, group, head_dim)
     scores = torch.bmm(queries.to(keys.dtype), keys.transpose(1, 2))  # [kvh * B, group, L]
-    scores = scores.view(kv_heads, rows, group, -1).mul_(scale).masked_fill_(decode.padding, float("-inf"))
+    scores = scores.view(kv_heads, rows, group, -1).mul_(scale)
+    if softcap is not None:
+        scores = torch.tanh(scores.div_(softcap)).mul_(softcap)
+    masked = decode.padding
+    if sliding_window is not None:
+        positions = torch.arange(scores.shape[-1], device=scores.device)
+        masked = masked | (positions <= decode.lengths - 1 - sliding_window)
+    scores.masked_fill_(masked, float("-inf"))
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(values.dtype).view(kv_heads * rows, group, -1)
     out = torch.bmm(probs, values).view(kv_heads, rows, group, head_dim)
     return out.transpose(0, 1).reshape(rows, heads, head_dim).to(q.dtype)
 
 
-def _prefill_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, chunk: PrefillChunk, scale: float) -> torch.Tensor:
+def _prefill_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, chunk: PrefillChunk, scale: float,
+                       sliding_window: int | None, softcap: float | None) -> torch.Tensor:
     keys = key_cache.index_select(1, chunk.context_slots).unsqueeze(0).to(q.dtype)  # [1, kvh, L, D]
     values = value_cache.index_select(1, chunk.context_slots).unsqueeze(0).to(q.dtype)
     queries = q.transpose(0, 1).unsqueeze(0)  # [1, heads, q, D]
-    if chunk.causal_mask is None:
+    length, context = q.shape[0], keys.shape[2]
+    if chunk.first_position == 0 and sliding_window is None and softcap is None:
         out = F.scaled_dot_product_attention(queries, keys, values, is_causal=True, scale=scale, enable_gqa=True)
-    else:
-        out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=chunk.causal_mask, scale=scale, enable_gqa=True)
-    return out[0].transpose(0, 1)  # [q, heads, D]
+        return out[0].transpose(0, 1)
+    query_positions = torch.arange(chunk.first_position, chunk.first_position + length, device=q.device)[:, None]
+    key_positions = torch.arange(context, device=q.device)[None, :]
+    allowed = key_positions <= query_positions
+    if sliding_window is not None:
+        allowed &= key_positions > query_positions - sliding_window
+    if softcap is None:
+        out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=allowed, scale=scale, enable_gqa=True)
+        return out[0].transpose(0, 1)
+    group = queries.shape[1] // keys.shape[1]
+    keys, values = keys.repeat_interleave(group, dim=1), values.repeat_interleave(group, dim=1)
+    scores = torch.matmul(queries, keys.transpose(2, 3)) * scale
+    scores = torch.tanh(scores / softcap) * softcap
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(values.dtype)
+    return torch.matmul(probs, values)[0].transpose(0, 1)
 
 
 def register_paged_attention() -> None:

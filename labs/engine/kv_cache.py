@@ -14,11 +14,15 @@ from typing import Any
 
 import torch
 
+from labs.errors import LabsError
+
 logger = logging.getLogger(__name__)
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(LabsError):
     """The model's attention cannot run on the paged cache (the reason says why)."""
+
+    exit_code = 2
 
 
 @dataclass(frozen=True)
@@ -39,15 +43,14 @@ def cache_shape_for(model: Any, context_length: int) -> CacheShape:
     heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    window = getattr(config, "sliding_window", None)
-    if window and getattr(config, "use_sliding_window", True) and window < context_length:
-        raise UnsupportedModelError(f"sliding-window attention ({window} < context {context_length})")
-    for attribute in ("attn_logit_softcapping", "attention_chunk_size"):
-        if getattr(config, attribute, None):
-            raise UnsupportedModelError(f"{attribute} is set")
+    if getattr(config, "attention_chunk_size", None):  # Llama 4's chunked attention
+        raise UnsupportedModelError("chunked attention (attention_chunk_size) is not supported by the paged engine")
     layers = [m for m in model.modules() if hasattr(m, "layer_idx") and hasattr(m, "config") and m.__class__.__name__.endswith("Attention")]
     if len(layers) != config.num_hidden_layers:
-        raise UnsupportedModelError(f"found {len(layers)} attention layers with a layer index, expected {config.num_hidden_layers}")
+        raise UnsupportedModelError(
+            f"the labs engine cannot run {type(model).__name__}: found {len(layers)} attention layers with a "
+            f"layer index, expected {config.num_hidden_layers} (its attention does not go through transformers' attention interface)"
+        )
     return CacheShape(config.num_hidden_layers, kv_heads, head_dim, next(model.parameters()).dtype)
 
 

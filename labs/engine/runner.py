@@ -56,11 +56,7 @@ class ModelRunner:
             positions.extend(range(start, end))
             slots.extend(self.allocator.slot_mapping(item.seq.seq_id, start, end))
             context = torch.tensor(self.allocator.slot_mapping(item.seq.seq_id, 0, end), dtype=torch.long, device=self.device)
-            mask = None
-            if start > 0:
-                query_pos = torch.arange(start, end, device=self.device)[:, None]
-                mask = torch.arange(end, device=self.device)[None, :] <= query_pos
-            prefills.append(PrefillChunk(row, row + item.length, context, mask))
+            prefills.append(PrefillChunk(row, row + item.length, start, context))
             if item.completes:
                 sample_rows.append(row + item.length - 1)
                 sampled.append(item.seq)
@@ -95,4 +91,5 @@ class ModelRunner:
             block_size=size,
             block_tables=torch.from_numpy(per_head.reshape(-1)).to(self.device),
             padding=torch.from_numpy(padding).to(self.device)[None, :, None, :],
+            lengths=torch.from_numpy(lengths).to(self.device)[None, :, None, None],
         )
