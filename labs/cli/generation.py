@@ -11,6 +11,7 @@ from labs.engine.defaults import engine_config_from_settings, sampling_params_fr
 from labs.engine.engine import Engine
 from labs.engine.kv_cache import cache_shape_for
 from labs.engine.sequence import RequestOutput
+from labs.engine.torch_thread import torch_thread
 from labs.errors import LabsError
 from labs.models import LoadedModel, load_model
 from labs.models.prompting import parse_messages_json, prompt_token_ids
@@ -43,7 +44,7 @@ def generate_for_cli(
 ) -> tuple[CliResult, LoadedModel]:
     messages = parse_messages_json(messages_json) if messages_json is not None else None
     params = sampling_params_from_settings(settings.generation)  # validate before the slow load
-    loaded = load_model(settings, progress=progress)
+    loaded = torch_thread().call(load_model, settings, progress=progress)  # torch stays on one thread
     generation = settings.generation
     ids = prompt_token_ids(
         loaded.tokenizer,

@@ -1,8 +1,8 @@
-"""The engine as the rest of the product sees it: one thread owns torch, callers stream outputs.
+"""The engine as the rest of the product sees it: torch runs on one thread, callers stream outputs.
 
 `add_request` validates and queues a request from any thread and returns an async iterator of
-`RequestOutput`s; the engine thread runs steps while there is work and hands each output to the
-caller's event loop with `call_soon_threadsafe`. `generate` is the blocking convenience for the
+`RequestOutput`s; the process's torch thread (see torch_thread.py) runs this engine's steps
+while it has work and hands each output to the caller's event loop with `call_soon_threadsafe`. `generate` is the blocking convenience for the
 CLI. Closing an iterator early (a client that went away) aborts its request, which frees its
 cache at the next step.
 """
@@ -22,6 +22,7 @@ from labs.engine.core import EngineConfig, EngineCore, EngineStats
 from labs.engine.errors import EngineDeadError, EngineOverloadedError
 from labs.engine.sampling import SamplingParams
 from labs.engine.sequence import RequestOutput
+from labs.engine.torch_thread import torch_thread
 
 logger = logging.getLogger(__name__)
 _request_ids = itertools.count()
@@ -54,17 +55,16 @@ class GenerateResult:
 
 class Engine:
     def __init__(self, model: Any, tokenizer: Any, context_length: int, config: EngineConfig | None = None) -> None:
-        self.core = EngineCore(model, tokenizer, context_length, config)
+        self._torch = torch_thread()
+        self.core = self._torch.call(EngineCore, model, tokenizer, context_length, config)
         self.config = self.core.config
         self.tokenizer = tokenizer
         self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
-        self._wakeup = threading.Event()
-        self._stopping = False
+        self._stopped = False
         self._dead: BaseException | None = None
         self._pending_adds = 0
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._loop, name="labs-engine", daemon=True)
-        self._thread.start()
+        self._torch.register(self)
 
     # ------------------------------------------------------------------ public API
 
@@ -123,12 +123,33 @@ class Engine:
 
     @property
     def alive(self) -> bool:
-        return self._thread.is_alive() and self._dead is None
+        return not self._stopped and self._dead is None
 
-    def shutdown(self, timeout: float = 30.0) -> None:
-        self._stopping = True
-        self._wakeup.set()
-        self._thread.join(timeout)
+    def shutdown(self) -> None:
+        """Stop stepping this engine; requests still running end with an error."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._torch.unregister(self)
+        self._torch.call(self._run_commands)
+        self._torch.call(self.core.fail_all, "the engine was shut down")
+
+    # ------------------------------------------------------------------ on the torch thread
+
+    @property
+    def has_work(self) -> bool:
+        return not self._commands.empty() or (self._dead is None and self.core.has_work)
+
+    def run_once(self) -> None:
+        """Apply queued commands, then run one step (called by the torch thread)."""
+        try:
+            self._run_commands()
+            if self._dead is None and self.core.has_work:
+                self.core.step()
+        except BaseException as error:  # the engine must never die silently
+            logger.exception("the engine failed outside a step; failing its requests")
+            self._dead = error
+            self.core.fail_all(f"the engine stopped: {error}")
 
     # ------------------------------------------------------------------ internals
 
@@ -166,25 +187,11 @@ class Engine:
 
     def _command(self, command: Callable[[], None]) -> None:
         self._commands.put(command)
-        self._wakeup.set()
+        self._torch.wake()
 
     def _check_alive(self) -> None:
-        if self._dead is not None or not self._thread.is_alive():
-            raise EngineDeadError(f"the engine is not running ({self._dead or 'stopped'}); restart the server")
-
-    def _loop(self) -> None:
-        try:
-            while not self._stopping:
-                self._run_commands()
-                if self.core.has_work:
-                    self.core.step()
-                else:
-                    self._wakeup.wait(timeout=0.5)
-                    self._wakeup.clear()
-        except BaseException as error:  # the engine must never die silently
-            logger.exception("the engine thread died")
-            self._dead = error
-            self.core.fail_all(f"the engine stopped: {error}")
+        if self._dead is not None or self._stopped:
+            raise EngineDeadError(f"the engine is not running ({self._dead or 'shut down'}); restart the server")
 
     def _run_commands(self) -> None:
         while True:
