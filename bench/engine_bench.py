@@ -32,6 +32,7 @@ import asyncio
 import dataclasses
 import gc
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -45,11 +46,15 @@ sys.path.insert(0, str(BENCH_DIR))
 
 from rich.console import Console  # noqa: E402
 
+# All torch work (floors, loading, the engine, naive generate) runs on labs' single torch
+# thread: a second OpenMP team in the process would slow every system (see torch_thread.py).
+from labs.engine.torch_thread import torch_thread  # noqa: E402
+
 import engine_runs  # noqa: E402
 import naive  # noqa: E402
 import report  # noqa: E402
 import serve_peer  # noqa: E402
-from machine import Floors, describe_machine, measure_floors  # noqa: E402
+from machine import Floors, OtherLoad, describe_machine, measure_floors  # noqa: E402
 from workload import PREFIX_QUESTIONS, SHARED_SYSTEM_PROMPT, LoadResult, chat_messages, workload_questions  # noqa: E402
 
 SYSTEMS = ("engine", "prefix", "naive", "serve")
@@ -107,7 +112,7 @@ def load_default_model() -> tuple[Any, Any]:
     from labs.models import load_model
 
     settings = load_settings()
-    return settings, load_model(settings)
+    return settings, torch_thread().call(load_model, settings)
 
 
 def converted_folder(loaded: Any, settings: Any) -> Path:
@@ -142,8 +147,10 @@ def run_engine(loaded: Any, settings: Any, prompts: list[list[int]], opts: Optio
     try:
         asyncio.run(engine_runs.warm_up(engine, prompts, batch=min(max(opts.concurrency), 8)))
         for c in opts.concurrency:
+            meter, before = OtherLoad([os.getpid()]), engine_runs.stats_snapshot(engine)
             result = asyncio.run(engine_runs.run_load(engine, prompts, opts.max_tokens, c))
-            result.notes += engine_runs.engine_notes(engine)
+            result.other_cores = meter.cores()
+            result.notes.append(engine_runs.stats_note(before, engine_runs.stats_snapshot(engine), result))
             results.append(progress(result))
     finally:
         engine.shutdown()
@@ -166,7 +173,8 @@ def run_prefix(loaded: Any, settings: Any, opts: Options) -> tuple[engine_runs.P
         finally:
             engine.shutdown()
         console.print(f"  prefix caching {'on ' if enabled else 'off'}: TTFT p50 {case.ttft_p50 * 1000:.1f} ms, "
-                      f"cached prompt tokens p50 {case.cached_tokens_p50:.0f} of {case.prompt_tokens}")
+                      f"cached prompt tokens p50 {case.cached_tokens_p50:.0f} of {case.prompt_tokens} "
+                      f"({case.shared_tokens} shared)")
         cases.append(case)
         engine = None
         release_memory()
@@ -175,7 +183,10 @@ def run_prefix(loaded: Any, settings: Any, opts: Options) -> tuple[engine_runs.P
 
 def run_naive(model: Any, tokenizer: Any, prompts: list[list[int]], opts: Options) -> list[LoadResult]:
     console.print(f"[bold]naive generate[/] ({next(model.parameters()).dtype}, batch 1, sequential)")
-    measured = progress(naive.run_sequential(model, tokenizer, prompts, opts.max_tokens))
+    meter = OtherLoad([os.getpid()])
+    measured = torch_thread().call(naive.run_sequential, model, tokenizer, prompts, opts.max_tokens)
+    measured.other_cores = meter.cores()
+    progress(measured)
     return [naive.simulate_concurrency(measured, c) for c in opts.concurrency]
 
 
@@ -188,13 +199,32 @@ def run_serve(folder: Path, dtype: str, device: str, conversations: list[list[di
         if warm.tokens != opts.max_tokens:
             console.print(f"  [yellow]warm-up returned {warm.tokens} tokens, asked for {opts.max_tokens}[/]")
         for c in opts.concurrency:
-            results.append(progress(asyncio.run(serve_peer.run_load(server, conversations, opts.max_tokens, c))))
+            meter = OtherLoad([os.getpid(), server.pid])
+            result = asyncio.run(serve_peer.run_load(server, conversations, opts.max_tokens, c))
+            result.other_cores = meter.cores()
+            results.append(progress(result))
     return results
+
+
+def describe_model(loaded: Any, settings: Any, folder: Path, opts: Options) -> dict[str, str]:
+    description = {"model": f"{loaded.name} ({folder.name})",
+                   "dtype": str(loaded.placement.dtype).removeprefix("torch."), "device": str(loaded.device)}
+    if opts.systems & {"engine", "prefix"}:
+        from labs.engine.defaults import engine_config_from_settings
+
+        description["engine config"] = repr(engine_config_from_settings(settings.engine))
+    return description
+
+
+def other_processes_now(seconds: float = 1.0) -> float:
+    meter = OtherLoad([os.getpid()])
+    time.sleep(seconds)
+    return meter.cores()
 
 
 def progress(result: LoadResult) -> LoadResult:
     console.print(f"  c={result.concurrency:<3} {result.tokens_per_s:8.1f} tok/s  TTFT p50 {result.ttft_p50:6.3f} s  "
-                  f"wall {result.wall_s:6.1f} s")
+                  f"wall {result.wall_s:6.1f} s  other processes {result.other_cores:.2f} cores")
     return result
 
 
@@ -202,17 +232,23 @@ def progress(result: LoadResult) -> LoadResult:
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the `with` blocks stop the server and engines.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     started = time.perf_counter()
     machine = describe_machine(REPO)
+    busy = other_processes_now()
+    machine["other processes at start"] = f"{busy:.2f} cores busy"
+    if busy > 0.1:
+        console.print(f"[yellow]other processes keep {busy:.2f} cores busy: results will be noisy[/]")
     settings, loaded = load_default_model()
     folder = converted_folder(loaded, settings)
     dtype = str(loaded.placement.dtype).removeprefix("torch.")
-    machine |= {"model": f"{loaded.name} ({folder.name})", "dtype": dtype, "device": str(loaded.device)}
+    machine |= describe_model(loaded, settings, folder, opts)
     conversations = [chat_messages(q) for q in workload_questions(opts.requests)]
     prompts = encode(loaded.tokenizer, conversations)
     console.print(f"{opts.requests} requests x {opts.max_tokens} tokens, concurrency {opts.concurrency}, "
                   f"prompts {min(map(len, prompts))}-{max(map(len, prompts))} tokens, {loaded.describe()}")
-    floors = measure_floors(loaded.model)
+    floors = torch_thread().call(measure_floors, loaded.model)
     results: list[LoadResult] = []
     prefix = None
     engine_used_model = bool(opts.systems & {"engine", "prefix"})
@@ -246,7 +282,9 @@ def build_tables(results: list[LoadResult], floors: Floors,
                  prefix: tuple[engine_runs.PrefixResult, engine_runs.PrefixResult] | None) -> list[report.Table]:
     tables = []
     if results:
-        tables += [report.results_table(results), report.ratios_table(results)]
+        tables.append(report.results_table(results))
+    if any(r.system == report.ENGINE for r in results):
+        tables.append(report.ratios_table(results))
     tables.append(report.floors_table(floors, results))
     if prefix:
         tables.append(report.prefix_table(*prefix))
@@ -257,8 +295,9 @@ def collect_notes(results: list[LoadResult]) -> list[str]:
     notes: dict[str, None] = {}
     for r in results:
         for note in r.notes:
-            if not note.startswith("engine steps"):
-                notes[f"{r.system}: {note}"] = None
+            notes[f"{r.system}: {note}"] = None
+    if results:
+        notes["others' CPU: cores that other processes kept busy during that measurement (above ~0.1 the numbers are disturbed)"] = None
     return list(notes) + report.target_lines(results)
 
 

@@ -56,7 +56,8 @@ async def warm_up(engine: Engine, prompts: list[list[int]], batch: int) -> None:
 @dataclass
 class PrefixResult:
     prefix_caching: bool
-    prompt_tokens: int
+    prompt_tokens: int  # the longest prompt
+    shared_tokens: int  # the prefix all prompts have in common
     timings: list[RequestTiming]
 
     @property
@@ -73,9 +74,26 @@ async def run_prefix_case(engine: Engine, prompts: list[list[int]], warmup: list
     params = greedy(max_tokens)
     await stream_one(engine, warmup, params)
     timings = [await stream_one(engine, ids, params) for ids in prompts]
-    return PrefixResult(enabled, len(prompts[0]), timings)
+    return PrefixResult(enabled, max(map(len, prompts)), common_prefix_length(prompts), timings)
 
 
-def engine_notes(engine: Engine) -> list[str]:
+def common_prefix_length(prompts: list[list[int]]) -> int:
+    length = 0
+    for column in zip(*prompts):
+        if any(token != column[0] for token in column):
+            break
+        length += 1
+    return length
+
+
+def stats_snapshot(engine: Engine) -> dict[str, int]:
     stats: Any = engine.stats()
-    return [f"engine steps {stats.steps_total}, preemptions {stats.preemptions_total}"]
+    return {name: getattr(stats, name, 0) for name in ("steps_total", "preemptions_total")}
+
+
+def stats_note(before: dict[str, int], after: dict[str, int], result: LoadResult) -> str:
+    """Engine counters over one measurement: steps, preemptions, output tokens per step."""
+    steps = after["steps_total"] - before["steps_total"]
+    per_step = result.output_tokens / steps if steps else float("nan")
+    return (f"c={result.concurrency}: {steps} steps ({per_step:.1f} output tokens per step), "
+            f"{after['preemptions_total'] - before['preemptions_total']} preemptions")

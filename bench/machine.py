@@ -84,6 +84,45 @@ def measure_floors(model: Any) -> Floors:
     )
 
 
+class OtherLoad:
+    """Average number of cores that *other* processes kept busy since construction.
+
+    System-wide busy CPU time (/proc/stat) minus the CPU time of `pids` (this process and the
+    servers it started, with their waited-for children). Near 0 means the measurement had the
+    machine to itself; 0.5 means something else used half a core on average and the numbers
+    are disturbed. NaN where /proc is not available.
+    """
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self._started = time.perf_counter()
+        self._busy = _system_busy_ticks()
+        self._own = sum(_process_ticks(pid) for pid in pids)
+
+    def cores(self) -> float:
+        wall = time.perf_counter() - self._started
+        busy = _system_busy_ticks() - self._busy
+        own = sum(_process_ticks(pid) for pid in self.pids) - self._own
+        return max(busy - own, 0) / os.sysconf("SC_CLK_TCK") / wall if wall > 0 else float("nan")
+
+
+def _system_busy_ticks() -> float:
+    for line in _read("/proc/stat").splitlines():
+        if line.startswith("cpu "):
+            user, nice, system, idle, iowait, irq, softirq, steal = map(int, line.split()[1:9])
+            return user + nice + system + irq + softirq + steal
+    return float("nan")
+
+
+def _process_ticks(pid: int) -> float:
+    """utime + stime + cutime + cstime of a process (clock ticks)."""
+    text = _read(f"/proc/{pid}/stat")
+    if not text:
+        return 0.0
+    fields = text.rsplit(")", 1)[1].split()  # after "pid (comm)": fields[0] is the state (field 3)
+    return float(sum(int(f) for f in fields[11:15]))
+
+
 def cpu_model() -> str:
     for line in _read("/proc/cpuinfo").splitlines():
         if line.startswith("model name"):

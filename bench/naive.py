@@ -84,4 +84,5 @@ def simulate_concurrency(measured: LoadResult, concurrency: int) -> LoadResult:
         server_free = real.finished + shift
         finish_times.append(server_free)
     return LoadResult(measured.system, concurrency, timings, measured.wall_s,  # same throughput as measured
-                      notes=["tok/s and TPOT measured at c=1; TTFT simulated (c closed-loop clients, FIFO queue)"])
+                      notes=["tok/s and TPOT measured at c=1; TTFT simulated (c closed-loop clients, FIFO queue)"],
+                      other_cores=measured.other_cores)

@@ -48,10 +48,11 @@ def ratio(a: float, b: float) -> str:
 def results_table(results: list[LoadResult]) -> Table:
     table = Table("Throughput and latency (output tok/s = all output tokens / wall time)",
                   ["concurrency", "system", "requests", "output tokens", "wall s", "tok/s",
-                   "TTFT p50 s", "TTFT p95 s", "TPOT p50 ms"])
+                   "TTFT p50 s", "TTFT p95 s", "TPOT p50 ms", "others' CPU"])
     for r in sorted(results, key=lambda r: (r.concurrency, [ENGINE, NAIVE, SERVE].index(r.system))):
         table.rows.append([str(r.concurrency), r.system, str(len(r.timings)), f"{r.output_tokens:,}", num(r.wall_s),
-                           num(r.tokens_per_s), num(r.ttft_p50, 3), num(r.ttft_p95, 3), num(r.tpot_p50 * 1000)])
+                           num(r.tokens_per_s), num(r.ttft_p50, 3), num(r.ttft_p95, 3), num(r.tpot_p50 * 1000),
+                           num(r.other_cores, 2)])
     return table
 
 
@@ -96,12 +97,12 @@ def floors_table(floors: Floors, results: list[LoadResult]) -> Table:
 
 
 def prefix_table(off: PrefixResult, on: PrefixResult) -> Table:
-    table = Table(f"Prefix caching: {len(on.timings)} sequential requests sharing a {on.prompt_tokens}-token prompt prefix "
-                  f"(TTFT p50 off ÷ on = {ratio(off.ttft_p50, on.ttft_p50)})",
-                  ["prefix caching", "requests", "cached prompt tokens p50", "TTFT p50 ms"], left=1)
+    table = Table(f"Prefix caching ({len(on.timings)} sequential requests, {on.prompt_tokens}-token prompts, "
+                  f"{on.shared_tokens} shared)",
+                  ["prefix caching", "requests", "cached prompt tokens p50", "TTFT p50 ms", "TTFT p50 off ÷ this"], left=1)
     for case in (off, on):
         table.rows.append(["on" if case.prefix_caching else "off", str(len(case.timings)),
-                           num(case.cached_tokens_p50, 0), num(case.ttft_p50 * 1000)])
+                           num(case.cached_tokens_p50, 0), num(case.ttft_p50 * 1000), ratio(off.ttft_p50, case.ttft_p50)])
     return table
 
 

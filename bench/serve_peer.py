@@ -66,9 +66,6 @@ class ServeProcess:
             raise
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
-        self.stop()
-
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -82,6 +79,13 @@ class ServeProcess:
                 pass
             time.sleep(0.5)
         raise RuntimeError(f"transformers serve was not ready after {READY_TIMEOUT_S:.0f} s:\n{self.log_tail()}")
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+        if isinstance(error, Exception):  # a failure, not Ctrl-C: the server's log may say why
+            print(f"transformers serve log kept at {self._log.name}", file=sys.stderr)
+        else:
+            Path(self._log.name).unlink(missing_ok=True)
 
     def stop(self) -> None:
         """Terminate the server's process group (SIGTERM, then SIGKILL after 10 s)."""
@@ -98,6 +102,10 @@ class ServeProcess:
                 return
             except subprocess.TimeoutExpired:
                 continue
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid if self._process is not None else 0
 
     def log_tail(self, lines: int = 30) -> str:
         self._log.flush()

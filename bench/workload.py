@@ -173,6 +173,7 @@ class LoadResult:
     timings: list[RequestTiming]
     wall_s: float
     notes: list[str] = field(default_factory=list)
+    other_cores: float = math.nan  # cores other processes kept busy meanwhile (see machine.OtherLoad)
 
     @property
     def output_tokens(self) -> int:
