@@ -74,14 +74,14 @@ def gen(
 
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:  # the GGUF reader draws its own tqdm bar under our spinner; tqdm reads this at import
+        os.environ.setdefault("TQDM_DISABLE", "1")
     import transformers
     from huggingface_hub.utils import disable_progress_bars
 
     transformers.utils.logging.set_verbosity_info() if verbose else transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     disable_progress_bars()
-    if not verbose:  # the GGUF reader draws its own tqdm bar under our spinner
-        os.environ.setdefault("TQDM_DISABLE", "1")
 
 
 def _generate(settings: Settings, prompt: str | None, messages_json: str | None, stream: bool, as_json: bool) -> None:
