@@ -233,7 +233,7 @@ class EngineCore:
             self.stats.time_to_first_token.append(now - seq.arrival_time)
         seq.last_token_time = now
         self.stats.generation_tokens_total += 1
-        if first and seq.preemptions == 0:
+        if first and seq.preemptions == 0 and seq.index == 0:  # samples of one request share their prompt
             self.stats.prompt_tokens_total += len(seq.prompt_token_ids)
             self.stats.cached_prompt_tokens_total += seq.cached_prompt_tokens
         finish, stop_reason, delta = None, None, ""
@@ -277,7 +277,6 @@ class EngineCore:
             self.scheduler.add(child)  # the parent ended before its prefill: samples go on alone
         if seq.first_token_time is not None and len(seq.output_token_ids) > 1 and seq.last_token_time is not None:
             self.stats.time_per_output_token.append((seq.last_token_time - seq.first_token_time) / (len(seq.output_token_ids) - 1))
-        self.stats.requests_finished_total += 1
         if deliver:
             self._deliver(seq, RequestOutput(
                 request_id=seq.request_id, index=seq.index, new_token_ids=[], text_delta="",
@@ -285,8 +284,9 @@ class EngineCore:
                 completion_tokens=len(seq.output_token_ids), cached_prompt_tokens=seq.cached_prompt_tokens, error=error,
             ))
         samples = self._requests.get(seq.request_id, [])
-        if all(s.status is Status.FINISHED for s in samples):
+        if samples and all(s.status is Status.FINISHED for s in samples):
             self._requests.pop(seq.request_id, None)
+            self.stats.requests_finished_total += 1
 
     def _deliver(self, seq: Sequence, output: RequestOutput) -> None:
         """Hand an output to its consumer; a consumer that cannot take it gets its request aborted."""

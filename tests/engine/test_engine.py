@@ -306,3 +306,16 @@ def test_a_consumer_that_cannot_receive_gets_its_request_aborted(tiny) -> None: 
     assert len(received) <= 3 and received[-1].finish_reason == "abort"
     assert len(sink.tokens("here")) == 8
     assert_cache_empty(core)
+
+
+def test_stats_count_requests_and_tokens(tiny) -> None:  # noqa: ANN001
+    core = tiny_core(tiny)
+    sink = Collector()
+    core.add_request("one", [5] * 20, SamplingParams(max_tokens=4, temperature=0, min_tokens=4), sink)
+    core.add_request("three", [6] * 10, SamplingParams(max_tokens=3, temperature=0.5, seed=1, n=3, min_tokens=3), sink)
+    run_all(core)
+    stats = core.snapshot_stats()
+    assert stats.requests_finished_total == 2
+    assert stats.prompt_tokens_total == 30 and stats.generation_tokens_total == 4 + 3 * 3
+    assert stats.running == stats.waiting == 0 and stats.kv_cache_usage == 0
+    assert len(stats.time_to_first_token) == 4 and len(stats.time_per_output_token) == 4
