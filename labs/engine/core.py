@@ -175,9 +175,10 @@ class EngineCore:
             self._advance_computed(scheduled)
             self._sample_and_deliver(step_logits.sequences, step_logits.logits)
         except Exception as error:  # noqa: BLE001 - one bad step must not kill the engine
-            logger.exception("engine step failed; failing the %d requests in it", scheduled.num_tokens)
+            affected = {*scheduled.decodes, *(p.seq for p in scheduled.prefills)}
+            logger.exception("engine step failed; failing the %d sequences in it", len(affected))
             message = _error_message(error)
-            for seq in {*scheduled.decodes, *(p.seq for p in scheduled.prefills)}:
+            for seq in affected:
                 if seq.status is not Status.FINISHED:
                     self._fail_request(seq.request_id, message)
 

@@ -65,10 +65,6 @@ class Scheduler:
         seq.status = Status.WAITING
         self.waiting.append(seq)
 
-    def can_ever_fit(self, num_tokens: int) -> bool:
-        """Whether a sequence of this many tokens fits in an otherwise empty cache."""
-        return -(-num_tokens // self.allocator.block_size) <= self.allocator.num_blocks
-
     def remove(self, seq: Sequence) -> None:
         """Forget a sequence (finished, aborted or failed) and free its cache blocks."""
         if seq.status is Status.RUNNING:
