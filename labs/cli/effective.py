@@ -15,7 +15,7 @@ def effective_config(settings: Settings) -> dict[str, Any]:
     from labs.models.resolve import resolve_model
 
     rows = [
-        {"key": key.dotted, "env": key.env, "value": _shown(settings.values[key.dotted]), "source": settings.sources[key.dotted]}
+        {"key": key.dotted, "env": key.env, "value": _shown(settings.values[key.dotted], key.secret), "source": settings.sources[key.dotted]}
         for key in KEYS
     ]
     resolved: dict[str, str] = {}
@@ -46,5 +46,9 @@ def effective_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _shown(value: Any) -> Any:
+def _shown(value: Any, secret: bool = False) -> Any:
+    if secret:
+        return f"<{len(value)} set>" if value else "<none>"
+    if isinstance(value, tuple):
+        return list(value)
     return str(value) if isinstance(value, Path) else value

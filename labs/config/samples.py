@@ -34,6 +34,8 @@ ENV_HEADER = """\
 
 
 def _toml_value(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
@@ -74,7 +76,10 @@ def render_env() -> str:
                 lines.append("")
             table = key.table
             lines.append(f"# [{table}]")
-        value = "" if key.default is None else _toml_value(key.default).strip('"')
+        if isinstance(key.default, (list, tuple)):
+            value = ",".join(key.default)
+        else:
+            value = "" if key.default is None else _toml_value(key.default).strip('"')
         lines.append(f"# {key.env}={value}    # {key.help.split('. ')[0].rstrip('.')}")
     return "\n".join(lines) + "\n"
 

@@ -161,6 +161,31 @@ def _memory_budget(value: Any) -> str | int | float:
     return int(number * _SIZE_UNITS[unit])
 
 
+def _size(value: Any) -> int:
+    """A byte count: 4MiB, 512KB or a whole number of bytes."""
+    budget = _memory_budget(value)
+    if not isinstance(budget, int):
+        raise ValueProblem(f"expected a size such as 4MiB or 1000000, got {value!r}")
+    return budget
+
+
+def _text_list(value: Any) -> tuple[str, ...]:
+    """A TOML list of strings or a comma-separated string (environment variables)."""
+    if isinstance(value, str):
+        items = value.split(",")
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise ValueProblem(f"expected a list of strings or a comma-separated string, got {value!r}")
+    result = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueProblem(f"expected strings, got {item!r}")
+        if item.strip():
+            result.append(item.strip())
+    return tuple(result)
+
+
 def _port(value: Any) -> int:
     number = _integer(value)
     if not 0 <= number <= 65535:
@@ -190,6 +215,7 @@ class Key:
     env: str
     flag: str | None = None
     toml: bool = True  # False for keys that decide where labs.toml is (LABS_HOME, LABS_CONFIG)
+    secret: bool = False  # never shown in --show-config or logs
 
     @property
     def dotted(self) -> str:
@@ -197,8 +223,8 @@ class Key:
 
 
 def _key(table: str, name: str, parse: Parser, default: Any, help: str, *, env: str | None = None,
-         flag: str | None = None, toml: bool = True) -> Key:
-    return Key(table, name, parse, default, help, env or f"LABS_{name.upper()}", flag, toml)
+         flag: str | None = None, toml: bool = True, secret: bool = False) -> Key:
+    return Key(table, name, parse, default, help, env or f"LABS_{name.upper()}", flag, toml, secret)
 
 
 DEFAULT_MODEL_ALIAS = "smollm2-135m-instruct"
@@ -252,10 +278,42 @@ KEYS: tuple[Key, ...] = (
          one_of(*COMPUTE_DTYPE_CHOICES, aliases=_DTYPE_ALIASES), "bf16",
          "dtype 4-bit layers compute in.", env="LABS_BNB_4BIT_COMPUTE_DTYPE"),
     # [server]
-    _key("server", "host", _nonempty_text, "127.0.0.1", "Address labs-api listens on."),
-    _key("server", "port", _port, 8000, "Port labs-api listens on."),
+    _key("server", "host", _nonempty_text, "127.0.0.1", "Address labs-api listens on.", flag="--host"),
+    _key("server", "port", _port, 8000, "Port labs-api listens on (0 picks a free one).", flag="--port"),
     _key("server", "preload_on_start", _boolean, False,
          "Load the default model before the API accepts traffic."),
+    _key("server", "api_keys", _text_list, (),
+         "API keys clients must send as 'Authorization: Bearer KEY' (several: comma-separated). "
+         "Empty: no key needed. /health never needs one.", env="LABS_API_KEY", secret=True),
+    _key("server", "cors_origins", _text_list, (),
+         "Browser origins allowed to call the API (comma-separated, * for any). Empty: none.",
+         env="LABS_CORS_ORIGINS"),
+    _key("server", "max_loaded_models", integer_at_least(1), 2,
+         "Models kept in memory at once; the least recently used is unloaded to make room."),
+    _key("server", "model_idle_ttl", integer_at_least(0), 900,
+         "Seconds after which an idle model other than the default is unloaded; 0 keeps them.",
+         env="LABS_MODEL_IDLE_TTL"),
+    _key("server", "split_reasoning", _boolean, True,
+         "Send a reasoning model's <think>...</think> as reasoning_content, apart from content."),
+    _key("server", "max_body_size", _size, 4 * 1024**2,
+         "Largest request body accepted (413 beyond it).", env="LABS_MAX_BODY_SIZE"),
+    _key("server", "max_n", integer_at_least(1), 8,
+         "Most samples (n) one request may ask for."),
+    _key("server", "max_tokens_limit", integer_at_least(1), 4096,
+         "Most new tokens (max_tokens) one request may ask for.", env="LABS_MAX_TOKENS_LIMIT"),
+    _key("server", "max_messages", integer_at_least(1), 512,
+         "Most messages in one chat request."),
+    _key("server", "max_input_chars", integer_at_least(1), 400_000,
+         "Most characters of text in one request (prompt, messages or embedding inputs).",
+         env="LABS_MAX_INPUT_CHARS"),
+    _key("server", "max_embedding_inputs", integer_at_least(1), 512,
+         "Most inputs in one embeddings or similarities request.",
+         env="LABS_MAX_EMBEDDING_INPUTS"),
+    _key("server", "shutdown_timeout", integer_at_least(0), 30,
+         "Seconds SIGTERM waits for in-flight requests before stopping them.",
+         env="LABS_SHUTDOWN_TIMEOUT"),
+    _key("server", "log_level", one_of("critical", "error", "warning", "info", "debug"), "info",
+         "How much labs-api logs.", env="LABS_LOG_LEVEL", flag="--log-level"),
     # [engine]
     _key("engine", "kv_cache_memory", _memory_budget, "auto",
          "Memory for the KV cache: a size (2GiB, 512MB), a fraction of free memory (0.8), or auto "
@@ -276,6 +334,9 @@ KEYS: tuple[Key, ...] = (
          env="LABS_EMBEDDING_MODEL"),
     _key("embeddings", "device", one_of("auto", "cuda", "cpu", "mps"), "auto",
          "Where the embedding model runs.", env="LABS_EMBEDDING_DEVICE"),
+    _key("embeddings", "batch_size", integer_at_least(1), 64,
+         "Texts encoded together; concurrent requests are batched up to this many.",
+         env="LABS_EMBEDDING_BATCH_SIZE"),
     # [rag]
     _key("rag", "enabled", _boolean, False,
          "Answer questions about your transactions and documents from your own data.",

@@ -108,7 +108,8 @@ class Engine:
         """Stop a request; its cache is freed in the engine's next step."""
         self._command(lambda: self.core.abort(request_id))
 
-    def stats(self) -> EngineStats:
+    def stats(self, timeout: float = 30.0) -> EngineStats:
+        """A snapshot taken between steps; EngineDeadError if the torch thread does not answer in time."""
         done = threading.Event()
         box: list[EngineStats] = []
 
@@ -117,8 +118,8 @@ class Engine:
             done.set()
 
         self._command(snapshot)
-        if not done.wait(timeout=30):
-            raise EngineDeadError("the engine did not answer a stats request within 30 s")
+        if not done.wait(timeout=timeout):
+            raise EngineDeadError(f"the engine did not answer a stats request within {timeout:g} s")
         return box[0]
 
     @property

@@ -86,7 +86,7 @@ def load_model(settings: Settings, model: str | None = None, progress: Progress 
             quantization_config=quantization_config,
             trust_remote_code=trust,
         )
-    except (OSError, ValueError, KeyError, ImportError, RuntimeError) as error:
+    except Exception as error:  # noqa: BLE001 - any failure to read the files is one line for the user
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         hint = " (this model may need trust_remote_code=true, only if you trust it)" if "trust_remote_code" in message else ""
         raise ModelLoadError(f"cannot load model {source.name} from {folder}: {message}{hint}") from None

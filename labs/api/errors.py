@@ -1,0 +1,135 @@
+"""Every failure as the OpenAI error object, with the status clients expect.
+
+`{"error": {"message", "type", "param", "code"}}`: the OpenAI SDK turns it into its typed
+exceptions (BadRequestError, NotFoundError, ...). Validation problems are 400, not FastAPI's 422,
+because that is what OpenAI clients handle. A 500 never carries a traceback, a file path or a
+memory address: the details go to the server log under an id the body gives.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from labs.embeddings import EmbeddingInputError
+from labs.engine.errors import EngineDeadError, EngineOverloadedError, EngineRequestError
+from labs.engine.sampling import SamplingParamsError
+from labs.errors import LabsError, ModelLoadError, ModelNotFoundError
+from labs.models.prompting import PromptError
+from labs.serving.models import ModelNotAvailableError, ModelsBusyError
+
+logger = logging.getLogger(__name__)
+
+
+class APIError(Exception):
+    """An error to answer with: status, OpenAI type and code, and the parameter at fault."""
+
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
+    return APIError(400, message, param=param, code=code)
+
+
+def to_api_error(error: BaseException) -> APIError:
+    """Map the product's errors to HTTP; anything unknown is a 500 whose details stay in the log."""
+    if isinstance(error, APIError):
+        return error
+    if isinstance(error, SamplingParamsError):
+        return bad_request(str(error), param=error.field)
+    if isinstance(error, EngineRequestError):
+        return bad_request(str(error), param="messages", code="context_length_exceeded" if "context" in str(error) else None)
+    if isinstance(error, PromptError):
+        return bad_request(str(error), param="messages")
+    if isinstance(error, EmbeddingInputError):
+        return bad_request(str(error), param="input")
+    if isinstance(error, ModelNotAvailableError):
+        return APIError(404, str(error), param="model", code="model_not_found")
+    if isinstance(error, EngineOverloadedError):
+        return APIError(503, str(error), type="server_error", code="overloaded",
+                        headers={"Retry-After": str(max(1, round(error.retry_after)))})
+    if isinstance(error, ModelsBusyError):
+        return APIError(503, str(error), type="server_error", code="models_busy",
+                        headers={"Retry-After": str(max(1, round(error.retry_after)))})
+    if isinstance(error, EngineDeadError):
+        return APIError(503, str(error), type="server_error", code="engine_unavailable")
+    if isinstance(error, (ModelNotFoundError, ModelLoadError)):
+        incident = uuid.uuid4().hex[:12]  # the message names server paths: it goes to the log, not the client
+        logger.error("model load failed (incident %s): %s", incident, error)
+        return APIError(500, f"the model could not be loaded (incident {incident}; the server log has the details)",
+                        type="server_error", code="model_load_failed")
+    if isinstance(error, LabsError):
+        return APIError(500, str(error), type="server_error")
+    incident = uuid.uuid4().hex[:12]
+    logger.error("internal error %s", incident, exc_info=error)
+    return APIError(500, f"internal server error (incident {incident}; the server log has the details)",
+                    type="server_error", code="internal_error")
+
+
+def _validation_message(error: RequestValidationError) -> tuple[str, str | None]:
+    problems = error.errors()
+    if not problems:
+        return "the request body is invalid", None
+    first = problems[0]
+    if tuple(first.get("loc", ())) == ("body",) and first.get("type") in ("model_attributes_type", "dict_type", "model_type"):
+        return ("the request body must be a JSON object, sent with the header 'Content-Type: application/json'", None)
+    location = [str(part) for part in first.get("loc", ()) if part != "body"]
+    param = ".".join(location) or None
+    if first.get("type") == "json_invalid":
+        detail = (first.get("ctx") or {}).get("error", "")
+        return f"the request body is not valid JSON ({detail} at character {location[0] if location else '?'})", None
+    if first.get("type") == "missing":
+        return f"{param} is required", param
+    message = str(first.get("msg", "invalid value"))
+    more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+    return (f"{param}: {message}{more}" if param else f"{message}{more}"), param
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def api_error(_request: Request, error: APIError) -> JSONResponse:
+        return error.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, error: RequestValidationError) -> JSONResponse:
+        message, param = _validation_message(error)
+        return bad_request(message, param=param).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        if error.status_code == 404:
+            message = f"no route {request.method} {request.url.path}; see /docs for the API"
+            return APIError(404, message, code="not_found", headers=error.headers).response()
+        if error.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}"
+            return APIError(405, message, code="method_not_allowed", headers=error.headers).response()
+        code = "request_too_large" if error.status_code == 413 else None
+        return APIError(error.status_code, str(error.detail), code=code, headers=error.headers).response()
+
+    @app.exception_handler(LabsError)
+    async def labs_error(_request: Request, error: LabsError) -> JSONResponse:
+        return to_api_error(error).response()
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request: Request, error: Exception) -> JSONResponse:
+        return to_api_error(error).response()

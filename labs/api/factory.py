@@ -1,0 +1,94 @@
+"""The FastAPI application factory: routes, errors, middleware and the server's lifetime.
+
+Start-up optionally loads the default model before traffic is accepted (LABS_PRELOAD_ON_START);
+a background task unloads idle models; shutdown stops the engines after uvicorn has drained the
+in-flight requests (SIGTERM waits up to LABS_SHUTDOWN_TIMEOUT for them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from labs import __version__
+from labs.api.errors import install_error_handlers
+from labs.api.metrics import Metrics
+from labs.api.middleware import BodySizeLimit, RequestMetrics
+from labs.api.routes import chat, completions, embeddings, models, ops, simple, tokens
+from labs.api.state import ServerState
+from labs.api.translate import Limits
+from labs.config import Settings, load_settings
+from labs.engine.defaults import engine_config_from_settings
+from labs.serving.embedding_service import EmbeddingService
+from labs.serving.models import ModelRegistry
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+An OpenAI-compatible API over local Hugging Face models. Point the `openai` SDK at `/v1`
+(`OpenAI(base_url="http://HOST:PORT/v1", api_key="...")`). When the server sets `LABS_API_KEY`,
+send `Authorization: Bearer KEY` (the **Authorize** button below); `/health` and `/ready` never need it.
+"""
+
+
+def build_state(settings: Settings) -> ServerState:
+    server = settings.server
+    registry = ModelRegistry(settings, engine_config_from_settings(settings.engine), server.max_loaded_models,
+                             server.model_idle_ttl)
+    metrics = Metrics()
+    embedding_service = EmbeddingService(settings, metrics)
+    metrics.watch_engines(registry)
+    return ServerState(settings, registry, embedding_service, metrics, Limits.from_settings(settings))
+
+
+async def _unload_idle_models(state: ServerState) -> None:
+    period = max(1.0, min(60.0, state.models.idle_ttl / 4)) if state.models.idle_ttl > 0 else None
+    if period is None:
+        return
+    while True:
+        await asyncio.sleep(period)
+        try:
+            await state.models.unload_idle()
+        except Exception:  # noqa: BLE001 - keep the sweeper alive; the next sweep retries
+            logger.exception("unloading idle models failed")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The app for `settings` (default: the configuration from labs.toml, the environment and .env)."""
+    settings = settings or load_settings({})
+    state = build_state(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.server.preload_on_start:
+            logger.info("preloading %s before accepting traffic", state.models.default_id)
+            served = await state.models.acquire(None)
+            state.models.release(served)
+        sweeper = asyncio.create_task(_unload_idle_models(state))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            await asyncio.gather(sweeper, return_exceptions=True)
+            await state.embeddings.close()
+            await state.models.shutdown()
+            logger.info("labs-api stopped")
+
+    # strict_content_type=False: curl -d sends JSON as form-encoded unless told; parse it anyway
+    app = FastAPI(title="labs", version=__version__, description=DESCRIPTION, lifespan=lifespan,
+                  strict_content_type=False)
+    app.state.labs = state
+    install_error_handlers(app)
+    for module in (chat, completions, embeddings, models, tokens, simple, ops):
+        app.include_router(module.router)
+    if settings.server.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.server.cors_origins), allow_methods=["*"],
+                           allow_headers=["*"], expose_headers=["Retry-After", "X-Labs-Truncated-Inputs"])
+    app.add_middleware(BodySizeLimit, max_bytes=settings.server.max_body_size)
+    app.add_middleware(RequestMetrics, metrics=state.metrics)
+    return app

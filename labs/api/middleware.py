@@ -1,0 +1,111 @@
+"""ASGI middleware: body size limit and per-request metrics (pure ASGI, so streams are not buffered)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from labs.api.errors import APIError
+from labs.api.metrics import Metrics
+
+
+class _TooLarge(StarletteHTTPException):
+    """An HTTPException so that FastAPI's body reader passes it on instead of calling it a parse error."""
+
+
+class BodySizeLimit:
+    """413 for bodies over the limit, judged by Content-Length and by the bytes actually received."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _error(self) -> APIError:
+        return APIError(413, f"the request body is larger than the server's limit of {self.max_bytes} bytes "
+                             "(LABS_MAX_BODY_SIZE)", code="request_too_large")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = 0
+                if declared > self.max_bytes:
+                    await _send_error(send, self._error())
+                    return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _TooLarge(413, self._error().message)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await _send_error(send, self._error())
+
+
+async def _send_error(send: Send, error: APIError) -> None:
+    body = json.dumps(error.body()).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class RequestMetrics:
+    """Counts requests by route template and status, and times them to the last byte sent."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        finally:
+            endpoint = _route_template(scope)
+            self.metrics.requests.labels(endpoint, scope["method"], str(status)).inc()
+            self.metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - started)
+
+
+def _route_template(scope: Scope) -> str:
+    """The matched route's path template ("/v1/models/{model_id}"), or "unmatched" (bounded labels).
+
+    The router records the route it matched in the (shared) scope while handling the request.
+    """
+    route: Any = scope.get("route")
+    path = getattr(route, "path", None) or getattr(route, "path_format", None)
+    return path if isinstance(path, str) else "unmatched"

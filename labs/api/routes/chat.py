@@ -1,0 +1,150 @@
+"""POST /v1/chat/completions: OpenAI chat completions, whole or streamed."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from labs.api.logprobs import chat_logprobs_content
+from labs.api.running import collect_outputs, finish_error, new_id, stream_outputs, until_disconnected
+from labs.api.schemas import ChatCompletionRequest
+from labs.api.security import require_api_key
+from labs.api.sse import data_event, event_stream_response, openai_stream
+from labs.api.state import ServerState, get_state
+from labs.api.translate import (
+    chat_logprobs,
+    chat_prompt_ids,
+    check_max_tokens_fit,
+    check_messages,
+    context_room,
+    reject_unsupported_chat_fields,
+    sampling_params,
+)
+from labs.engine.sampling import SamplingParams
+from labs.serving.models import ServedModel
+from labs.serving.reasoning import ReasoningSplitter, prompt_opens_reasoning, split_reasoning
+
+router = APIRouter(dependencies=[Depends(require_api_key)], tags=["OpenAI"])
+
+
+class _Reasoning:
+    """Whether and how this request's output is split into reasoning and answer."""
+
+    def __init__(self, served: ServedModel, prompt_ids: list[int], enabled: bool) -> None:
+        self.tags = served.reasoning_tags if enabled else None
+        tail = served.tokenizer.decode(prompt_ids[-16:], skip_special_tokens=False) if self.tags else ""
+        self.starts_inside = bool(self.tags) and prompt_opens_reasoning(tail, self.tags)
+
+    def split(self, text: str) -> tuple[str | None, str]:
+        if self.tags is None:
+            return None, text
+        return split_reasoning(text, self.tags, self.starts_inside)
+
+    def splitter(self) -> ReasoningSplitter | None:
+        return ReasoningSplitter(self.tags, self.starts_inside) if self.tags else None
+
+
+@router.post("/v1/chat/completions", summary="Chat completion (OpenAI-compatible)")
+async def chat_completions(body: ChatCompletionRequest, request: Request, state: ServerState = Depends(get_state)) -> Any:
+    reject_unsupported_chat_fields(body)
+    messages = check_messages(body.messages, state.limits)
+    logprobs = chat_logprobs(body)
+    max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+    served = await state.models.acquire(body.model)
+    try:
+        prompt_ids = chat_prompt_ids(served, messages, state.settings)
+        room = context_room(served, prompt_ids, "messages")
+        check_max_tokens_fit(served, prompt_ids, max_tokens, "max_tokens")
+        params = sampling_params(body, state.settings, state.limits, max_tokens=max_tokens, room=room, logprobs=logprobs)
+        reasoning = _Reasoning(served, prompt_ids, state.settings.server.split_reasoning)
+        request_id = new_id("chatcmpl")
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            events = _stream(state, served, prompt_ids, params, request_id, reasoning, include_usage)
+            return event_stream_response(openai_stream(events))  # the stream releases the model
+        collected = await until_disconnected(
+            request, collect_outputs(served, prompt_ids, params, request_id, state.metrics))
+    except BaseException:
+        state.models.release(served)
+        raise
+    state.models.release(served)
+    choices = []
+    for sample in collected.samples:
+        thinking, content = reasoning.split(sample.text)
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if thinking is not None:
+            message["reasoning_content"] = thinking
+        choices.append({
+            "index": sample.index,
+            "message": message,
+            "logprobs": {"content": chat_logprobs_content(served.tokenizer, sample)} if logprobs is not None else None,
+            "finish_reason": sample.finish_reason,
+        })
+    return JSONResponse({
+        "id": request_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": served.id,
+        "choices": choices,
+        "usage": _usage(collected.prompt_tokens, collected.completion_tokens, collected.cached_prompt_tokens),
+    })
+
+
+def _usage(prompt: int, completion: int, cached: int) -> dict[str, Any]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached}}
+
+
+async def _stream(state: ServerState, served: ServedModel, prompt_ids: list[int], params: SamplingParams,
+                  request_id: str, reasoning: _Reasoning, include_usage: bool) -> AsyncIterator[str]:
+    created = int(time.time())
+    usage_field = {"usage": None} if include_usage else {}
+
+    def chunk(index: int, delta: dict[str, Any], finish_reason: str | None = None, logprobs: Any = None) -> str:
+        return data_event({
+            "id": request_id, "object": "chat.completion.chunk", "created": created, "model": served.id,
+            "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}],
+            **usage_field,
+        })
+
+    splitters = [reasoning.splitter() for _ in range(params.n)]
+    completion_tokens = [0] * params.n
+    prompt_tokens = cached = 0
+    outputs = stream_outputs(served, prompt_ids, params, request_id, state.metrics)
+    try:
+        for index in range(params.n):
+            yield chunk(index, {"role": "assistant", "content": ""})
+        async for out in outputs:
+            prompt_tokens, cached = out.prompt_tokens or len(prompt_ids), out.cached_prompt_tokens
+            completion_tokens[out.index] += len(out.new_token_ids)
+            if out.finished and (error := finish_error(out)) is not None:
+                raise error
+            splitter = splitters[out.index]
+            thinking, content = splitter.feed(out.text_delta) if splitter else ("", out.text_delta)
+            if out.finished and splitter is not None:
+                more_thinking, more_content = splitter.finish()
+                thinking, content = thinking + more_thinking, content + more_content
+            logprobs = None
+            if params.logprobs is not None and out.new_token_ids:
+                logprobs = {"content": chat_logprobs_content(served.tokenizer, out)}
+            delta: dict[str, Any] = {}
+            if thinking:
+                delta["reasoning_content"] = thinking
+            if content:
+                delta["content"] = content
+            if delta or logprobs is not None:
+                yield chunk(out.index, delta, None, logprobs)
+            if out.finished:
+                yield chunk(out.index, {}, out.finish_reason)
+        if include_usage:
+            yield data_event({
+                "id": request_id, "object": "chat.completion.chunk", "created": created, "model": served.id,
+                "choices": [], "usage": _usage(prompt_tokens, sum(completion_tokens), cached),
+            })
+    finally:
+        await outputs.aclose()
+        state.models.release(served)

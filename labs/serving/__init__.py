@@ -1,0 +1,1 @@
+"""Serving logic shared by the API and the CLI: loaded models, reasoning, request translation."""
