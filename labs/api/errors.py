@@ -20,7 +20,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from labs.embeddings import EmbeddingInputError
 from labs.engine.errors import EngineDeadError, EngineOverloadedError, EngineRequestError
 from labs.engine.sampling import SamplingParamsError
-from labs.errors import LabsError, ModelLoadError, ModelNotFoundError
+from labs.errors import ConfigError, LabsError, ModelLoadError, ModelNotFoundError
+from labs.rag.transactions import TransactionsFileError
 from labs.models.prompting import PromptError
 from labs.serving.models import ModelNotAvailableError, ModelsBusyError
 
@@ -78,6 +79,11 @@ def to_api_error(error: BaseException) -> APIError:
         logger.error("model load failed (incident %s): %s", incident, error)
         return APIError(500, f"the model could not be loaded (incident {incident}; the server log has the details)",
                         type="server_error", code="model_load_failed")
+    if isinstance(error, (ConfigError, TransactionsFileError)):
+        incident = uuid.uuid4().hex[:12]  # names server files: for the log, not the client
+        logger.error("server configuration problem (incident %s): %s", incident, error)
+        return APIError(500, f"the server's data or configuration cannot be used (incident {incident}; the server log "
+                             "has the details)", type="server_error", code="server_misconfigured")
     if isinstance(error, LabsError):
         return APIError(500, str(error), type="server_error")
     incident = uuid.uuid4().hex[:12]

@@ -19,13 +19,14 @@ from labs import __version__
 from labs.api.errors import install_error_handlers
 from labs.api.metrics import Metrics
 from labs.api.middleware import BodySizeLimit, RequestMetrics
-from labs.api.routes import chat, completions, embeddings, models, ops, simple, tokens
+from labs.api.routes import chat, completions, embeddings, models, ops, rag, simple, tokens
 from labs.api.state import ServerState
 from labs.api.translate import Limits
 from labs.config import Settings, load_settings
 from labs.engine.defaults import engine_config_from_settings
 from labs.serving.embedding_service import EmbeddingService
 from labs.serving.models import ModelRegistry
+from labs.serving.transactions import TransactionsService
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,8 @@ def build_state(settings: Settings) -> ServerState:
     metrics = Metrics()
     embedding_service = EmbeddingService(settings, metrics)
     metrics.watch_engines(registry)
-    return ServerState(settings, registry, embedding_service, metrics, Limits.from_settings(settings))
+    return ServerState(settings, registry, embedding_service, metrics, Limits.from_settings(settings),
+                       TransactionsService(settings))
 
 
 async def _unload_idle_models(state: ServerState) -> None:
@@ -84,7 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   strict_content_type=False)
     app.state.labs = state
     install_error_handlers(app)
-    for module in (chat, completions, embeddings, models, tokens, simple, ops):
+    for module in (chat, completions, embeddings, models, tokens, simple, rag, ops):
         app.include_router(module.router)
     if settings.server.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.server.cors_origins), allow_methods=["*"],

@@ -72,6 +72,7 @@ class ChatCompletionRequest(SamplingFields):
     tools: list[dict[str, Any]] | None = None
     tool_choice: Union[str, dict[str, Any], None] = None
     parallel_tool_calls: bool | None = None
+    use_rag: bool | None = None  # extension: answer from the user's own data (default LABS_RAG_ENABLED)
 
 
 class CompletionRequest(SamplingFields):
@@ -96,6 +97,11 @@ class SimilarityRequest(_Lenient):
     texts: list[str] | None = None
     sentences: list[str] | None = None
     model: str | None = None
+
+
+class TransactionsQueryRequest(_Lenient):
+    question: str | None = None
+    query: str | None = None  # the original project's spelling
 
 
 class TokenizeRequest(_Lenient):

@@ -11,6 +11,7 @@ from labs.api.translate import Limits
 from labs.config import Settings
 from labs.serving.embedding_service import EmbeddingService
 from labs.serving.models import ModelRegistry
+from labs.serving.transactions import TransactionsService
 
 
 @dataclass
@@ -20,6 +21,7 @@ class ServerState:
     embeddings: EmbeddingService
     metrics: Metrics
     limits: Limits
+    transactions: TransactionsService
 
 
 def get_state(request: Request) -> ServerState:

@@ -39,6 +39,7 @@ def gen(
     top_p: Annotated[Optional[float], typer.Option("--top-p")] = None,
     top_k: Annotated[Optional[int], typer.Option("--top-k", help="0 disables.")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for reproducible sampling.")] = None,
+    rag: Annotated[Optional[bool], typer.Option("--rag/--no-rag", help="Answer questions about your transactions from your data (LABS_RAG_ENABLED).")] = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Alias, folder, .gguf file or cached Hub id.")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="Path of labs.toml.")] = None,
     show_config: Annotated[bool, typer.Option("--show-config", help="Print the effective configuration with each value's source, and exit.")] = False,
@@ -52,7 +53,7 @@ def gen(
         export_dotenv()
         settings = load_settings(_cli_values({
             "--max-new-tokens": max_new_tokens, "--temperature": temperature, "--top-p": top_p,
-            "--top-k": top_k, "--seed": seed, "--model": model, "--system": system,
+            "--top-k": top_k, "--seed": seed, "--model": model, "--system": system, "--rag": rag,
             "--config": str(config) if config is not None else None,
         }))
         if show_gpu:
@@ -95,8 +96,17 @@ def _generate(settings: Settings, prompt: str | None, messages_json: str | None,
 
     with err_console.status("Loading model...", spinner="dots") as status:
         result, loaded = generate_for_cli(settings, prompt, messages_json, on_text, status.update)
+    if loaded is None:  # answered from the user's data
+        if as_json:
+            print(json.dumps({"source": result.source, "text": result.text, "data": result.data,
+                              "seconds": round(result.seconds, 4)}, ensure_ascii=False, default=str))
+        else:
+            print(result.text)
+            err_console.print(f"[dim](answered exactly from your {result.source}; --no-rag asks the model)[/]")
+        return
     if as_json:
         print(json.dumps({
+            "source": "model",
             "model": loaded.name,
             "text": result.text,
             "finish_reason": result.finish_reason,

@@ -15,6 +15,7 @@ from labs.engine.torch_thread import torch_thread
 from labs.errors import LabsError
 from labs.models import LoadedModel, load_model
 from labs.models.prompting import parse_messages_json, prompt_token_ids
+from labs.serving.transactions import TransactionsService
 
 
 @dataclass
@@ -25,6 +26,8 @@ class CliResult:
     completion_tokens: int
     time_to_first_token: float
     seconds: float
+    source: str = "model"  # or "transactions": answered exactly from the user's data
+    data: dict | None = None
 
     @property
     def tokens_per_second(self) -> float:
@@ -35,15 +38,32 @@ class CliResult:
         return self.completion_tokens / self.seconds if self.seconds > 0 else 0.0
 
 
+def _answer_from_data(settings: Settings, prompt: str | None, messages: list[dict] | None) -> CliResult | None:
+    """Questions about the user's transactions are answered exactly, without loading the model."""
+    started = time.perf_counter()
+    question = prompt if prompt is not None else (messages[-1]["content"] if messages and messages[-1]["role"] == "user" else None)
+    if not isinstance(question, str):
+        return None
+    answer = TransactionsService(settings).answer(question)
+    if answer is None:
+        return None
+    return CliResult(text=answer.answer, finish_reason="stop", prompt_tokens=0, completion_tokens=0,
+                     time_to_first_token=0.0, seconds=time.perf_counter() - started, source=answer.source, data=answer.data)
+
+
 def generate_for_cli(
     settings: Settings,
     prompt: str | None,
     messages_json: str | None,
     on_text: Callable[[str], None] | None,
     progress: Callable[[str], None],
-) -> tuple[CliResult, LoadedModel]:
+) -> tuple[CliResult, LoadedModel | None]:
+    """Generate with the model, or answer from the user's data (then no model is loaded: None)."""
     messages = parse_messages_json(messages_json) if messages_json is not None else None
     params = sampling_params_from_settings(settings.generation)  # validate before the slow load
+    from_data = _answer_from_data(settings, prompt, messages)
+    if from_data is not None:
+        return from_data, None
     loaded = torch_thread().call(load_model, settings, progress=progress)  # torch stays on one thread
     generation = settings.generation
     ids = prompt_token_ids(

@@ -338,11 +338,15 @@ KEYS: tuple[Key, ...] = (
          "Texts encoded together; concurrent requests are batched up to this many.",
          env="LABS_EMBEDDING_BATCH_SIZE"),
     # [rag]
-    _key("rag", "enabled", _boolean, False,
-         "Answer questions about your transactions and documents from your own data.",
-         env="LABS_RAG_ENABLED"),
-    _key("rag", "transactions_csv", _optional_path, None,
-         "CSV of transactions answered exactly.", env="LABS_TRANSACTIONS_CSV"),
+    _key("rag", "enabled", _boolean, True,
+         "Answer questions about your transactions (and, when asked, your documents) from your own data; "
+         "chat requests can switch it per request with use_rag.", env="LABS_RAG_ENABLED", flag="--rag"),
+    _key("rag", "transactions_csv", _optional_path, Path("data/all_transactions.csv"),
+         "CSV of transactions answered exactly (relative paths are from the working folder). The default is the "
+         "sample shipped with labs and is skipped when absent; a path you set must exist.",
+         env="LABS_TRANSACTIONS_CSV"),
+    _key("rag", "currency_symbol", _text, "$",
+         "Currency symbol written before amounts in transaction answers.", env="LABS_CURRENCY_SYMBOL"),
     # [paths]
     _key("paths", "cache_dir", _path, Path("~/.cache/labs").expanduser(),
          "Where converted models and other rebuildable files are kept.", env="LABS_CACHE_DIR"),

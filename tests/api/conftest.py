@@ -24,6 +24,9 @@ from labs.api.factory import create_app
 from labs.config import load_settings
 
 
+SHIPPED_TRANSACTIONS = Path(__file__).resolve().parents[2] / "data" / "all_transactions.csv"
+
+
 @dataclass
 class LiveServer:
     url: str
@@ -106,7 +109,7 @@ def tiny_server(tiny_settings_factory: Any, default_model_dir: Path) -> Iterator
         f'[models]\nsmol = "{default_model_dir}"\n',
         LABS_PRELOAD_ON_START="true", LABS_MAX_N="4", LABS_MAX_TOKENS_LIMIT="200", LABS_MAX_MESSAGES="8",
         LABS_MAX_INPUT_CHARS="5000", LABS_MAX_EMBEDDING_INPUTS="8", LABS_MAX_BODY_SIZE="64KiB",
-        LABS_MAX_LOADED_MODELS="2",
+        LABS_MAX_LOADED_MODELS="2", LABS_TRANSACTIONS_CSV=str(SHIPPED_TRANSACTIONS),
     )
     server = start_server(settings)
     yield server

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -54,6 +55,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, state:
     messages = check_messages(body.messages, state.limits)
     logprobs = chat_logprobs(body)
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+    from_data = await _answer_from_data(body, messages, state)
+    if from_data is not None:
+        return from_data
     served = await state.models.acquire(body.model)
     try:
         prompt_ids = chat_prompt_ids(served, messages, state.settings)
@@ -92,6 +96,40 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, state:
         "choices": choices,
         "usage": _usage(collected.prompt_tokens, collected.completion_tokens, collected.cached_prompt_tokens),
     })
+
+
+async def _answer_from_data(body: ChatCompletionRequest, messages: list[dict[str, Any]], state: ServerState) -> Any:
+    """A question about the user's transactions is answered exactly from the table, without the model."""
+    if messages[-1]["role"] != "user" or not isinstance(messages[-1].get("content"), str):
+        return None
+    answer = await asyncio.to_thread(state.transactions.answer, messages[-1]["content"], body.use_rag)
+    if answer is None:
+        return None
+    model_id = state.models.resolve_id(body.model)
+    request_id = new_id("chatcmpl")
+    created = int(time.time())
+    rag = {"source": answer.source, "kind": answer.kind, "data": answer.data}
+    if not body.stream:
+        return JSONResponse({
+            "id": request_id, "object": "chat.completion", "created": created, "model": model_id,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.answer}, "logprobs": None,
+                         "finish_reason": "stop"}],
+            "usage": _usage(0, 0, 0), "rag": rag,
+        })
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+    async def events() -> AsyncIterator[str]:
+        base = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": model_id}
+        extra = {"usage": None} if include_usage else {}
+        steps = (({"role": "assistant", "content": ""}, None, {}), ({"content": answer.answer}, None, {"rag": rag}),
+                 ({}, "stop", {}))
+        for delta, finish, fields in steps:  # the figures and rows travel once, with the answer
+            yield data_event({**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+                              **fields, **extra})
+        if include_usage:
+            yield data_event({**base, "choices": [], "usage": _usage(0, 0, 0)})
+
+    return event_stream_response(openai_stream(events()))
 
 
 def _usage(prompt: int, completion: int, cached: int) -> dict[str, Any]:

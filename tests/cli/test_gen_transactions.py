@@ -1,0 +1,50 @@
+"""`labs-gen` answers questions about the user's transactions exactly, without loading the model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from labs.cli.gen import app
+
+runner = CliRunner()
+SHIPPED = Path(__file__).resolve().parents[2] / "data" / "all_transactions.csv"
+
+
+def largest_expense_text() -> str:
+    table = pd.read_csv(SHIPPED)
+    row = table.loc[table["Amount"].idxmin()]
+    return f"${-row['Amount']:,.2f}"
+
+
+def test_largest_expense_from_the_shipped_data_in_the_working_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    shutil.copy(SHIPPED, tmp_path / "data" / "all_transactions.csv")
+    monkeypatch.chdir(tmp_path)  # the default LABS_TRANSACTIONS_CSV is relative: data/all_transactions.csv
+    result = runner.invoke(app, ["--prompt", "What was my largest expense?", "--json", "--model", "no-such-model"])
+    assert result.exit_code == 0, result.output  # the model is never resolved nor loaded
+    report = json.loads(result.stdout)
+    assert report["source"] == "transactions" and largest_expense_text() in report["text"]
+    assert report["data"]["rows"][0]["amount"] < 0 and report["seconds"] < 1
+
+
+def test_no_rag_and_general_questions_go_to_the_model(monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path) -> None:
+    monkeypatch.setenv("LABS_TRANSACTIONS_CSV", str(SHIPPED))
+    base = ["--model", str(tiny_model_dir), "--max-new-tokens", "3", "--json"]
+    for args in (["--prompt", "What was my largest expense?", "--no-rag"], ["--prompt", "What is the largest ocean?"]):
+        result = runner.invoke(app, [*base, *args])
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.stdout)
+        assert report["source"] == "model" and report["completion_tokens"] == 3
+
+
+def test_a_missing_configured_file_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("LABS_TRANSACTIONS_CSV", str(tmp_path / "nope.csv"))
+    result = runner.invoke(app, ["--prompt", "What was my largest expense?"])
+    assert result.exit_code == 2
+    assert "nope.csv" in result.output and "LABS_TRANSACTIONS_CSV" in result.output
