@@ -28,8 +28,9 @@ def _cli_values(given: dict[str, Any]) -> dict[str, CliValue]:
     return {FLAG_KEYS[flag]: CliValue(value, flag) for flag, value in given.items() if value is not None}
 
 
-@app.command()
+@app.callback(invoke_without_command=True)
 def gen(
+    ctx: typer.Context,
     prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="Prompt text (sent as a user message when the model has a chat template).")] = None,
     messages_json: Annotated[Optional[str], typer.Option("--messages-json", help='Chat as JSON: [{"role":"user","content":"Hi"}].')] = None,
     system: Annotated[Optional[str], typer.Option("--system", help="System message for the chat.")] = None,
@@ -48,6 +49,8 @@ def gen(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens to stderr.")] = False,
 ) -> None:
     """Generate text with the configured model (the embedded SmolLM2-135M-Instruct by default)."""
+    if ctx.invoked_subcommand is not None:
+        return  # e.g. `labs-gen rag ...`: the subcommand does the work
     _setup_logging(verbose)
     try:
         export_dotenv()

@@ -87,6 +87,9 @@ def prompt_token_ids(
         return list(tokenizer(prompt)["input_ids"])  # raw text, with the tokenizer's own BOS if any
     chat = build_messages(prompt, messages, system)
     if use_chat_template and getattr(tokenizer, "chat_template", None):
+        # OpenAI's "developer" role is its newer name for "system"; chat templates only know "system"
+        chat = [{**m, "role": "system"} if m["role"] == "developer" else m for m in chat]
+    if use_chat_template and getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=add_generation_prompt)
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
     return list(tokenizer(plain_chat_text(chat, add_generation_prompt))["input_ids"])

@@ -64,3 +64,9 @@ def test_text_parts_are_joined(tokenizer) -> None:  # noqa: ANN001
 def test_bad_messages(text: str, message: str) -> None:
     with pytest.raises(PromptError, match=message):
         parse_messages_json(text)
+
+
+def test_developer_role_is_rendered_as_system(tokenizer) -> None:  # noqa: ANN001
+    as_developer = prompt_token_ids(tokenizer, messages=[{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "Hi"}])
+    as_system = prompt_token_ids(tokenizer, messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])
+    assert as_developer == as_system
