@@ -21,7 +21,9 @@ from labs.embeddings import EmbeddingInputError
 from labs.engine.errors import EngineDeadError, EngineOverloadedError, EngineRequestError
 from labs.engine.sampling import SamplingParamsError
 from labs.errors import ConfigError, LabsError, ModelLoadError, ModelNotFoundError
+from labs.rag.documents import DocumentError, DocumentLoadError, DocumentPathError, DocumentStoreError
 from labs.rag.transactions import TransactionsFileError
+from labs.serving.documents import PathNotAllowedError
 from labs.models.prompting import PromptError
 from labs.serving.models import ModelNotAvailableError, ModelsBusyError
 
@@ -79,7 +81,16 @@ def to_api_error(error: BaseException) -> APIError:
         logger.error("model load failed (incident %s): %s", incident, error)
         return APIError(500, f"the model could not be loaded (incident {incident}; the server log has the details)",
                         type="server_error", code="model_load_failed")
-    if isinstance(error, (ConfigError, TransactionsFileError)):
+    if isinstance(error, PathNotAllowedError):
+        return APIError(403, str(error), type="permission_error", param="path", code="path_not_allowed")
+    if isinstance(error, (DocumentPathError, DocumentLoadError)):
+        return bad_request(str(error), param="path")
+    if isinstance(error, DocumentStoreError):
+        incident = uuid.uuid4().hex[:12]
+        logger.error("document store problem (incident %s): %s", incident, error)
+        return APIError(503, f"the document index is unavailable (incident {incident}; the server log has the details)",
+                        type="server_error", code="document_store_unavailable")
+    if isinstance(error, (ConfigError, TransactionsFileError, DocumentError)):
         incident = uuid.uuid4().hex[:12]  # names server files: for the log, not the client
         logger.error("server configuration problem (incident %s): %s", incident, error)
         return APIError(500, f"the server's data or configuration cannot be used (incident {incident}; the server log "

@@ -24,6 +24,7 @@ from labs.api.state import ServerState
 from labs.api.translate import Limits
 from labs.config import Settings, load_settings
 from labs.engine.defaults import engine_config_from_settings
+from labs.serving.documents import DocumentsService
 from labs.serving.embedding_service import EmbeddingService
 from labs.serving.models import ModelRegistry
 from labs.serving.transactions import TransactionsService
@@ -45,7 +46,7 @@ def build_state(settings: Settings) -> ServerState:
     embedding_service = EmbeddingService(settings, metrics)
     metrics.watch_engines(registry)
     return ServerState(settings, registry, embedding_service, metrics, Limits.from_settings(settings),
-                       TransactionsService(settings))
+                       TransactionsService(settings), DocumentsService(settings))
 
 
 async def _unload_idle_models(state: ServerState) -> None:
@@ -77,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             sweeper.cancel()
             await asyncio.gather(sweeper, return_exceptions=True)
+            await asyncio.to_thread(state.documents.close)
             await state.embeddings.close()
             await state.models.shutdown()
             logger.info("labs-api stopped")

@@ -132,3 +132,18 @@ class GenerateRequest(_Lenient):
     repetition_penalty: float | None = None
     seed: int | None = None
     stop: Union[str, list[str], None] = None
+
+
+class DocumentsQueryRequest(_Lenient):
+    """POST /v1/rag/query: retrieve from the user's documents, then answer with sources."""
+
+    question: str | None = None
+    query: str | None = None  # the original project's spelling
+    model: str | None = None
+    top_k: int | None = Field(default=None, ge=1, le=50)
+    score_threshold: float | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    seed: int | None = None
+    stream: bool = False
+    include_sources: bool = True

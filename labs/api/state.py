@@ -9,6 +9,7 @@ from fastapi import Request
 from labs.api.metrics import Metrics
 from labs.api.translate import Limits
 from labs.config import Settings
+from labs.serving.documents import DocumentsService
 from labs.serving.embedding_service import EmbeddingService
 from labs.serving.models import ModelRegistry
 from labs.serving.transactions import TransactionsService
@@ -22,6 +23,7 @@ class ServerState:
     metrics: Metrics
     limits: Limits
     transactions: TransactionsService
+    documents: DocumentsService
 
 
 def get_state(request: Request) -> ServerState:

@@ -48,7 +48,9 @@ def effective_config(settings: Settings) -> dict[str, Any]:
 
 def _shown(value: Any, secret: bool = False) -> Any:
     if secret:
-        return f"<{len(value)} set>" if value else "<none>"
+        if not value:
+            return "<none>"
+        return f"<{len(value)} set>" if isinstance(value, tuple) else "<set>"
     if isinstance(value, tuple):
         return list(value)
     return str(value) if isinstance(value, Path) else value

@@ -47,11 +47,14 @@ def gen(
     show_gpu: Annotated[bool, typer.Option("--show-gpu", help="Print GPUs, their memory and bf16 support, and exit.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens to stderr.")] = False,
+    interactive: Annotated[bool, typer.Option("--interactive", "-i", help="Chat in the terminal (same as `labs-gen chat`).")] = False,
+    server: Annotated[Optional[str], typer.Option("--server", help="With --interactive: chat through a labs-api server at this URL.")] = None,
+    api_key: Annotated[Optional[str], typer.Option("--api-key", help="API key for --server.")] = None,
 ) -> None:
     """Generate text with the configured model (the embedded SmolLM2-135M-Instruct by default)."""
+    _setup_logging(verbose)
     if ctx.invoked_subcommand is not None:
         return  # e.g. `labs-gen rag ...`: the subcommand does the work
-    _setup_logging(verbose)
     try:
         export_dotenv()
         settings = load_settings(_cli_values({
@@ -65,6 +68,11 @@ def gen(
         if show_config:
             _print_config(settings, as_json)
             return
+        if interactive:
+            from labs.cli.chat import run_chat
+
+            run_chat(settings, server, api_key)
+            return
         if (prompt is None) == (messages_json is None):
             raise typer.BadParameter("give exactly one of --prompt or --messages-json", param_hint="--prompt")
         _generate(settings, prompt, messages_json, stream, as_json)
@@ -73,6 +81,42 @@ def gen(
         raise typer.Exit(error.exit_code) from None
     except KeyboardInterrupt:
         err_console.print("interrupted")
+        raise typer.Exit(130) from None
+
+
+@app.command("chat")
+def chat(
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Alias, folder, .gguf file or cached Hub id (or the server's model id).")] = None,
+    system: Annotated[Optional[str], typer.Option("--system", help="System message for the chat.")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", help="Tokens to generate per answer.")] = None,
+    temperature: Annotated[Optional[float], typer.Option("--temperature", help="0 = greedy.")] = None,
+    top_p: Annotated[Optional[float], typer.Option("--top-p")] = None,
+    top_k: Annotated[Optional[int], typer.Option("--top-k", help="0 disables.")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed")] = None,
+    rag: Annotated[Optional[bool], typer.Option("--rag/--no-rag", help="Answer questions about your transactions from your data.")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="Path of labs.toml.")] = None,
+    server: Annotated[Optional[str], typer.Option("--server", help="Chat through a labs-api server at this URL.")] = None,
+    api_key: Annotated[Optional[str], typer.Option("--api-key", help="API key for --server.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens to stderr.")] = False,
+) -> None:
+    """Chat in the terminal (slash commands: /help)."""
+    _setup_logging(verbose)
+    if verbose:  # the group callback already configured logging without -v
+        logging.getLogger().setLevel(logging.INFO)
+    try:
+        export_dotenv()
+        settings = load_settings(_cli_values({
+            "--max-new-tokens": max_new_tokens, "--temperature": temperature, "--top-p": top_p,
+            "--top-k": top_k, "--seed": seed, "--model": model, "--system": system, "--rag": rag,
+            "--config": str(config) if config is not None else None,
+        }))
+        from labs.cli.chat import run_chat
+
+        run_chat(settings, server, api_key)
+    except LabsError as error:
+        err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        raise typer.Exit(error.exit_code) from None
+    except KeyboardInterrupt:
         raise typer.Exit(130) from None
 
 
@@ -171,3 +215,12 @@ def _print_gpu(as_json: bool) -> None:
 def main() -> None:
     """Console-script entry point."""
     app()
+
+
+def _register_subcommands() -> None:
+    from labs.cli.rag import rag_app
+
+    app.add_typer(rag_app, name="rag")
+
+
+_register_subcommands()

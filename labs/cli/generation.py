@@ -57,14 +57,18 @@ def generate_for_cli(
     messages_json: str | None,
     on_text: Callable[[str], None] | None,
     progress: Callable[[str], None],
+    use_data: bool = True,
+    messages_for_context: Callable[[int], list[dict]] | None = None,
 ) -> tuple[CliResult, LoadedModel | None]:
     """Generate with the model, or answer from the user's data (then no model is loaded: None)."""
     messages = parse_messages_json(messages_json) if messages_json is not None else None
     params = sampling_params_from_settings(settings.generation)  # validate before the slow load
-    from_data = _answer_from_data(settings, prompt, messages)
+    from_data = _answer_from_data(settings, prompt, messages) if use_data else None
     if from_data is not None:
         return from_data, None
     loaded = torch_thread().call(load_model, settings, progress=progress)  # torch stays on one thread
+    if messages_for_context is not None:  # e.g. retrieved sources cut to fit this model's context
+        messages = messages_for_context(loaded.context_length)
     generation = settings.generation
     ids = prompt_token_ids(
         loaded.tokenizer,

@@ -122,6 +122,17 @@ def one_of(*choices: str, aliases: dict[str, str] | None = None) -> Parser:
     return parse
 
 
+def optional_number_between(low: float, high: float) -> Parser:
+    """A number in [low, high], or empty / "none" for "not set"."""
+
+    def parse(value: Any) -> float | None:
+        if value is None or (isinstance(value, str) and value.strip().lower() in {"", "none"}):
+            return None
+        return number_between(low, high)(value)
+
+    return parse
+
+
 def _path(value: Any) -> Path:
     return Path(_nonempty_text(value)).expanduser()
 
@@ -347,6 +358,24 @@ KEYS: tuple[Key, ...] = (
          env="LABS_TRANSACTIONS_CSV"),
     _key("rag", "currency_symbol", _text, "$",
          "Currency symbol written before amounts in transaction answers.", env="LABS_CURRENCY_SYMBOL"),
+    _key("rag", "qdrant_path", _optional_path, None,
+         "Folder of the local document index (Qdrant embedded mode); empty means $LABS_HOME/qdrant.",
+         env="LABS_QDRANT_PATH"),
+    _key("rag", "qdrant_url", _optional_text, None,
+         "URL of a Qdrant server or cluster to keep the document index in instead of the local folder.",
+         env="LABS_QDRANT_URL"),
+    _key("rag", "qdrant_api_key", _optional_text, None,
+         "API key for the Qdrant server.", env="LABS_QDRANT_API_KEY", secret=True),
+    _key("rag", "collection", _nonempty_text, "labs_documents",
+         "Qdrant collection holding the document chunks.", env="LABS_RAG_COLLECTION"),
+    _key("rag", "top_k", integer_at_least(1), 4,
+         "Document chunks retrieved per question.", env="LABS_RAG_TOP_K"),
+    _key("rag", "score_threshold", optional_number_between(-1.0, 1.0), None,
+         "Minimum similarity (cosine, -1..1) for a chunk to count as a source; empty keeps the top_k best.",
+         env="LABS_RAG_SCORE_THRESHOLD"),
+    _key("rag", "ingest_root", _optional_path, None,
+         "Folder under which the API may ingest files by path (POST /v1/rag/documents with a path); "
+         "empty: the API accepts uploads only.", env="LABS_RAG_INGEST_ROOT"),
     # [paths]
     _key("paths", "cache_dir", _path, Path("~/.cache/labs").expanduser(),
          "Where converted models and other rebuildable files are kept.", env="LABS_CACHE_DIR"),

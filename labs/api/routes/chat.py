@@ -60,6 +60,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, state:
         return from_data
     served = await state.models.acquire(body.model)
     try:
+        rag = None
+        if body.use_rag and messages[-1]["role"] == "user" and isinstance(messages[-1].get("content"), str):
+            messages, rag = await _with_document_sources(messages, state, served, max_tokens)
         prompt_ids = chat_prompt_ids(served, messages, state.settings)
         room = context_room(served, prompt_ids, "messages")
         check_max_tokens_fit(served, prompt_ids, max_tokens, "max_tokens")
@@ -68,7 +71,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, state:
         request_id = new_id("chatcmpl")
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            events = _stream(state, served, prompt_ids, params, request_id, reasoning, include_usage)
+            events = _stream(state, served, prompt_ids, params, request_id, reasoning, include_usage, rag)
             return event_stream_response(openai_stream(events))  # the stream releases the model
         collected = await until_disconnected(
             request, collect_outputs(served, prompt_ids, params, request_id, state.metrics))
@@ -95,7 +98,24 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, state:
         "model": served.id,
         "choices": choices,
         "usage": _usage(collected.prompt_tokens, collected.completion_tokens, collected.cached_prompt_tokens),
+        **({"rag": rag} if rag else {}),
     })
+
+
+async def _with_document_sources(messages: list[dict[str, Any]], state: ServerState, served: ServedModel,
+                                 max_tokens: int | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The chat with its last question replaced by the retrieved sources + question (history kept)."""
+    question = messages[-1]["content"]
+    model = await state.embeddings.model()
+    hits = await asyncio.to_thread(state.documents.search, model, question)
+    history_chars = sum(len(str(m.get("content") or "")) for m in messages[:-1])
+    answer_tokens = max_tokens or min(state.settings.generation.max_new_tokens, served.context_length // 4)
+    rag_messages, sources = state.documents.messages(question, hits, served.context_length - history_chars // 3,
+                                                     answer_tokens)
+    history = messages[:-1]
+    has_system = any(m["role"] in ("system", "developer") for m in history)
+    added = [m for m in rag_messages if not (has_system and m["role"] == "system")]
+    return history + added, {"source": "documents", "sources": sources}
 
 
 async def _answer_from_data(body: ChatCompletionRequest, messages: list[dict[str, Any]], state: ServerState) -> Any:
@@ -138,15 +158,17 @@ def _usage(prompt: int, completion: int, cached: int) -> dict[str, Any]:
 
 
 async def _stream(state: ServerState, served: ServedModel, prompt_ids: list[int], params: SamplingParams,
-                  request_id: str, reasoning: _Reasoning, include_usage: bool) -> AsyncIterator[str]:
+                  request_id: str, reasoning: _Reasoning, include_usage: bool,
+                  rag: dict[str, Any] | None = None) -> AsyncIterator[str]:
     created = int(time.time())
     usage_field = {"usage": None} if include_usage else {}
 
-    def chunk(index: int, delta: dict[str, Any], finish_reason: str | None = None, logprobs: Any = None) -> str:
+    def chunk(index: int, delta: dict[str, Any], finish_reason: str | None = None, logprobs: Any = None,
+              extra: dict[str, Any] | None = None) -> str:
         return data_event({
             "id": request_id, "object": "chat.completion.chunk", "created": created, "model": served.id,
             "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}],
-            **usage_field,
+            **usage_field, **(extra or {}),
         })
 
     splitters = [reasoning.splitter() for _ in range(params.n)]
@@ -154,8 +176,8 @@ async def _stream(state: ServerState, served: ServedModel, prompt_ids: list[int]
     prompt_tokens = cached = 0
     outputs = stream_outputs(served, prompt_ids, params, request_id, state.metrics)
     try:
-        for index in range(params.n):
-            yield chunk(index, {"role": "assistant", "content": ""})
+        for index in range(params.n):  # the sources, if any, come first
+            yield chunk(index, {"role": "assistant", "content": ""}, extra={"rag": rag} if rag and index == 0 else None)
         async for out in outputs:
             prompt_tokens, cached = out.prompt_tokens or len(prompt_ids), out.cached_prompt_tokens
             completion_tokens[out.index] += len(out.new_token_ids)

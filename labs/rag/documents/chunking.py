@@ -32,6 +32,9 @@ _BLOCK_START = re.compile(r"[ \t]*(?:#{1,6}[ \t]|[-*+•][ \t]|\d{1,3}[.)][ \t]|
 _HEADING_LINE = re.compile(r"[ \t]*#{1,6}[ \t]")
 # End of a sentence: terminal punctuation, optional closing quotes/brackets, then whitespace.
 _SENTENCE_END = re.compile(r"[.!?…]+[\"'”’)\]]*(?=\s)")
+_NEXT_WORD = re.compile(r"\s+(\S)")
+_WORD = re.compile(r"\S+")
+_LAST_WORD = re.compile(r"([\w.]+)$")
 _ABBREVIATIONS = frozenset(
     "mr mrs ms dr prof sr jr st vs etc inc ltd co corp no nr approx dept fig e.g i.e cf al est".split()
 )
@@ -133,13 +136,13 @@ def _sentences(text: str, start: int, end: int) -> list[tuple[int, int]]:
 
 def _ends_sentence(text: str, punct_start: int, punct_end: int, limit: int) -> bool:
     """Not an abbreviation ("e.g. this", "Dr. Smith"), a decimal or a lowercase continuation."""
-    following = re.compile(r"\s+(\S)").match(text, punct_end, limit)
+    following = _NEXT_WORD.match(text, punct_end, limit)
     if following is None:
         return False
     if following.group(1).islower():
         return False
     if text[punct_start] == ".":
-        word = re.search(r"([\w.]+)$", text[max(0, punct_start - 12) : punct_start])
+        word = _LAST_WORD.search(text[max(0, punct_start - 12) : punct_start])
         if word and word.group(1).lower().rstrip(".") in _ABBREVIATIONS:
             return False
         if word and len(word.group(1)) == 1 and word.group(1).isupper():  # initials: "J. Smith"
@@ -170,7 +173,8 @@ def chunk_text(text: str, config: ChunkingConfig | None = None, count_tokens: To
         if length <= config.size:
             pieces.append(_Piece(start, end, length, paragraph_start, heading))
             continue
-        for number, (part_start, part_end) in enumerate(_split_long(text, start, end, config.size, measure)):
+        parts = _split_long(text, start, end, config.size, measure, additive=config.unit == "tokens")
+        for number, (part_start, part_end) in enumerate(parts):
             pieces.append(_Piece(part_start, part_end, measure(part_start, part_end), paragraph_start and number == 0, False))
     return [Chunk(index, text[start:end], start, end) for index, (start, end) in enumerate(_pack(pieces, config))]
 
@@ -214,27 +218,36 @@ def _pack(pieces: list[_Piece], config: ChunkingConfig) -> list[tuple[int, int]]
     return chunks
 
 
-def _split_long(text: str, start: int, end: int, size: int, measure: Callable[[int, int], int]) -> list[tuple[int, int]]:
-    """Cut an over-long sentence at word boundaries into parts of at most `size`."""
-    words = [(match.start(), match.end()) for match in re.finditer(r"\S+", text[start:end])]
-    words = [(start + word_start, start + word_end) for word_start, word_end in words]
+def _split_long(
+    text: str, start: int, end: int, size: int, measure: Callable[[int, int], int], additive: bool
+) -> list[tuple[int, int]]:
+    """Cut an over-long sentence at word boundaries into parts of at most `size`.
+
+    `additive`: a part's size is the sum of its words' (tokens), so each word is measured once
+    instead of re-measuring the growing part (characters are measured exactly, for free).
+    """
     parts: list[tuple[int, int]] = []
     part_start: int | None = None
     part_end = start
-    for word_start, word_end in words:
-        if measure(word_start, word_end) > size:
+    part_size = 0
+    for match in _WORD.finditer(text, start, end):
+        word_start, word_end = match.span()
+        word_size = measure(word_start, word_end)
+        if word_size > size:
             if part_start is not None:
                 parts.append((part_start, part_end))
                 part_start = None
             parts.extend(_split_word(word_start, word_end, size, measure))
             continue
         if part_start is None:
-            part_start, part_end = word_start, word_end
-        elif measure(part_start, word_end) <= size:
-            part_end = word_end
+            part_start, part_end, part_size = word_start, word_end, word_size
+            continue
+        grown = part_size + word_size if additive else measure(part_start, word_end)
+        if grown <= size:
+            part_end, part_size = word_end, grown
         else:
             parts.append((part_start, part_end))
-            part_start, part_end = word_start, word_end
+            part_start, part_end, part_size = word_start, word_end, word_size
     if part_start is not None:
         parts.append((part_start, part_end))
     return parts

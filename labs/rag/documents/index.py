@@ -11,9 +11,10 @@ Each chunk point's payload: document_id, source, title, kind, chunk_index, chunk
 start/end (char offsets in the extracted text), page (PDFs), content_hash, ingested_at (ISO UTC),
 ingest_id, chunking and embedding_model.
 
-Threads: every public method takes the index's lock, so one DocumentIndex can be shared by
-threads (calls are serialised; a batch ingest releases the lock between files). Embedding runs
-on the process's torch thread (see labs.engine.torch_thread).
+Threads: one DocumentIndex can be shared by threads. Every store access takes the index's lock
+(Qdrant local mode is not thread-safe); parsing and embedding a file happen outside it, so a
+search is never stuck behind a long ingest. Embedding runs on the process's torch thread (see
+labs.engine.torch_thread), so it never starts a second OpenMP team.
 """
 
 from __future__ import annotations
@@ -127,7 +128,9 @@ class DocumentIndex:
     def ingest(self, paths: str | Path | Iterable[str | Path]) -> IngestReport:
         """Ingest files and folders (recursively; hidden files skipped), reporting per file.
 
-        A path that does not exist raises DocumentPathError before anything is ingested.
+        A path that does not exist raises DocumentPathError before anything is ingested. A file
+        that cannot be read or loaded is a "failed" entry; a Qdrant failure raises
+        DocumentStoreError (the store is unusable, so the batch stops).
         """
         items = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(path) for path in paths]
         missing = [str(path) for path in items if not path.exists()]
@@ -163,51 +166,56 @@ class DocumentIndex:
         return self._ingest(data, path.name, document_id_for_path(path), source)
 
     def _ingest(self, data: bytes, filename: str, document_id: str, source: str) -> FileResult:
+        """One document: skip it if unchanged, else load, chunk and embed it, then swap its chunks.
+
+        The lock is held only to read and to write the store, so searches are not stuck behind
+        a long parse or embedding; writes of the same document from two threads end with one
+        version's chunks (the last writer's), never a mix.
+        """
         digest = content_hash(data)
         chunking = f"{self.chunking.signature}|format{EMBEDDING_FORMAT}"
         with self._lock:
             self._check_open()
-            try:
-                stored = self._store.first_payload(document_id, ["content_hash", "chunking", "chunk_count", "title"])
-                if stored and stored.get("content_hash") == digest and stored.get("chunking") == chunking:
-                    chunks = self._store.count(document_id)
-                    if chunks == stored.get("chunk_count"):
-                        logger.debug("%s is unchanged (%d chunks)", source, chunks)
-                        return FileResult(source, "unchanged", chunks, "already indexed with the same content", document_id, stored.get("title"))
-                document = load_bytes(data, filename)
-                chunks_of_text = chunk_text(document.text, self.chunking, self._count_tokens)
-                if not chunks_of_text:
-                    raise DocumentLoadError(f"{filename}: no text to index after chunking")
-                vectors = self._embed([embedding_text(document.title, chunk.text) for chunk in chunks_of_text], source)
-                ingest_id = uuid.uuid4().hex
-                base = {
-                    "document_id": document_id,
-                    "source": source,
-                    "title": document.title,
-                    "kind": document.kind,
-                    "chunk_count": len(chunks_of_text),
-                    "content_hash": digest,
-                    "ingested_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    "ingest_id": ingest_id,
-                    "chunking": chunking,
-                    "embedding_model": self.model.name,
-                }
-                payloads = [dict(base, **_chunk_fields(chunk, document.page_starts)) for chunk in chunks_of_text]
-                # New points first, then the old version's: a failure in between leaves extra chunks, never none.
-                self._store.upsert([str(uuid.uuid4()) for _ in chunks_of_text], vectors, payloads)
-                if stored is not None:
-                    self._store.delete_document(document_id, keep_ingest_id=ingest_id)
-            except DocumentLoadError as error:
-                logger.warning("not ingested: %s", error)
-                return FileResult(source, "failed", message=str(error), document_id=document_id)
-            except DocumentStoreError:
-                raise
-            except LabsError as error:
-                logger.warning("not ingested: %s: %s", source, error)
-                return FileResult(source, "failed", message=f"{filename}: {error}", document_id=document_id)
+            stored = self._store.first_payload(document_id, ["content_hash", "chunking", "chunk_count", "title"])
+            if stored and stored.get("content_hash") == digest and stored.get("chunking") == chunking:
+                chunks = self._store.count(document_id)
+                if chunks == stored.get("chunk_count"):
+                    logger.debug("%s is unchanged (%d chunks)", source, chunks)
+                    return FileResult(source, "unchanged", chunks, "already indexed with the same content", document_id, stored.get("title"))
+        try:
+            document = load_bytes(data, filename)
+            pieces = chunk_text(document.text, self.chunking, self._count_tokens)
+            if not pieces:
+                raise DocumentLoadError(f"{filename}: no text to index after chunking")
+            vectors = self._embed([embedding_text(document.title, chunk.text) for chunk in pieces], source)
+        except LabsError as error:  # DocumentLoadError, or an input the embedding model refused
+            message = str(error) if isinstance(error, DocumentLoadError) else f"{filename}: {error}"
+            if stored is not None:
+                message += " (the previously indexed version is kept)"
+            logger.warning("not ingested: %s", message)
+            return FileResult(source, "failed", message=message, document_id=document_id)
+        ingest_id = uuid.uuid4().hex
+        base = {
+            "document_id": document_id,
+            "source": source,
+            "title": document.title,
+            "kind": document.kind,
+            "chunk_count": len(pieces),
+            "content_hash": digest,
+            "ingested_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "ingest_id": ingest_id,
+            "chunking": chunking,
+            "embedding_model": self.model.name,
+        }
+        payloads = [dict(base, **_chunk_fields(chunk, document.page_starts)) for chunk in pieces]
+        with self._lock:
+            self._check_open()
+            # New points first, then every other version's: a failure in between leaves extra chunks, never none.
+            self._store.upsert([str(uuid.uuid4()) for _ in pieces], vectors, payloads)
+            self._store.delete_document(document_id, keep_ingest_id=ingest_id)
         verb = "replaced the previous version" if stored is not None else "new document"
-        logger.info("ingested %s: %d chunks (%s)", source, len(chunks_of_text), verb)
-        return FileResult(source, "ingested", len(chunks_of_text), f"{len(chunks_of_text)} chunks, {verb}", document_id, document.title)
+        logger.info("ingested %s: %d chunks (%s)", source, len(pieces), verb)
+        return FileResult(source, "ingested", len(pieces), f"{len(pieces)} chunks, {verb}", document_id, document.title)
 
     def _embed(self, texts: list[str], source: str) -> np.ndarray:
         parts: list[np.ndarray] = []

@@ -2,19 +2,23 @@
 
 Both modes go through the same `QdrantClient` calls; only the constructor differs. Qdrant
 errors become DocumentStoreError lines that say where the store is and what to do.
+qdrant_client is imported on first use: importing it takes over a second.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
-from qdrant_client import QdrantClient, models
 
 from labs.errors import LabsError
 from labs.rag.documents.errors import DocumentStoreError, DocumentStoreLockedError, EmbeddingModelMismatchError
+
+if TYPE_CHECKING:
+    from qdrant_client import QdrantClient
+    from qdrant_client.models import FieldCondition, ScoredPoint
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -45,7 +49,9 @@ class QdrantStore:
         self.location = str(Path(path).expanduser().absolute()) if path is not None else str(url)
         self._client = self._open(path, url, api_key, timeout)
 
-    def _open(self, path: str | Path | None, url: str | None, api_key: str | None, timeout: int | None) -> QdrantClient:
+    def _open(self, path: str | Path | None, url: str | None, api_key: str | None, timeout: int | None) -> "QdrantClient":
+        from qdrant_client import QdrantClient
+
         if url is not None:
             # The client's own version check runs on a background thread and reports through
             # `warnings` at some later moment; `ensure_collection` checks synchronously instead.
@@ -100,6 +106,8 @@ class QdrantStore:
         Returns True when the collection was created. The model name and dimension live in the
         collection's metadata (and in every point's payload, for servers that drop metadata).
         """
+        from qdrant_client import models
+
         if not self.local:
             self._check_server_version()
         if not self._call("check the collection", lambda: self._client.collection_exists(self.collection)):
@@ -161,6 +169,8 @@ class QdrantStore:
     # -- points ------------------------------------------------------------------------------
 
     def upsert(self, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]) -> None:
+        from qdrant_client import models
+
         points = [
             models.PointStruct(id=point_id, vector=vector.tolist(), payload=payload)
             for point_id, vector, payload in zip(ids, vectors, payloads)
@@ -169,16 +179,22 @@ class QdrantStore:
 
     def delete_document(self, document_id: str, keep_ingest_id: str | None = None) -> None:
         """Delete a document's points, except those of ingestion `keep_ingest_id` when given."""
+        from qdrant_client import models
+
         must_not = [_match(INGEST_ID, keep_ingest_id)] if keep_ingest_id else None
         selector = models.FilterSelector(filter=models.Filter(must=[_match(DOCUMENT_ID, document_id)], must_not=must_not))
         self._call("delete chunks", lambda: self._client.delete(self.collection, points_selector=selector, wait=True))
 
     def count(self, document_id: str | None = None) -> int:
+        from qdrant_client import models
+
         count_filter = models.Filter(must=[_match(DOCUMENT_ID, document_id)]) if document_id is not None else None
         result = self._call("count chunks", lambda: self._client.count(self.collection, count_filter=count_filter, exact=True))
         return int(result.count)
 
     def first_payload(self, document_id: str, fields: Sequence[str]) -> dict[str, Any] | None:
+        from qdrant_client import models
+
         records, _ = self._call(
             "read a document",
             lambda: self._client.scroll(
@@ -208,7 +224,9 @@ class QdrantStore:
 
     def search(
         self, vector: np.ndarray, limit: int, score_threshold: float | None, document_ids: Sequence[str] | None = None
-    ) -> list[models.ScoredPoint]:
+    ) -> list["ScoredPoint"]:
+        from qdrant_client import models
+
         query_filter = None
         if document_ids is not None:
             query_filter = models.Filter(must=[models.FieldCondition(key=DOCUMENT_ID, match=models.MatchAny(any=list(document_ids)))])
@@ -227,7 +245,9 @@ class QdrantStore:
         return list(response.points)
 
 
-def _match(key: str, value: str | None) -> models.FieldCondition:
+def _match(key: str, value: str | None) -> "FieldCondition":
+    from qdrant_client import models
+
     return models.FieldCondition(key=key, match=models.MatchValue(value=value))
 
 

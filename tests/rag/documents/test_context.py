@@ -39,8 +39,8 @@ def test_no_hits_asks_the_model_to_say_it_does_not_know() -> None:
 
 
 def test_sources_stop_at_the_character_budget() -> None:
-    hits = [hit(number) for number in range(1, 21)]  # ~270 chars each
-    budget = 1000
+    hits = [hit(number) for number in range(1, 21)]  # 220 chars each as a source block
+    budget = 700
     messages = build_rag_messages("Q?", hits, char_budget=budget)
     user = messages[1]["content"]
     numbers = [int(found) for found in re.findall(r"^\[(\d+)\] Document", user, re.MULTILINE)]
@@ -70,7 +70,7 @@ def test_duplicate_texts_are_given_once() -> None:
 
 def test_sources_payload_matches_the_numbering_and_is_json() -> None:
     hits = [hit(number) for number in range(1, 6)]
-    payload = sources_payload(hits, char_budget=1000)
+    payload = sources_payload(hits, char_budget=700)
     assert [entry["id"] for entry in payload] == [1, 2, 3]
     assert payload[0] == {
         "id": 1,

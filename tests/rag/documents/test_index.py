@@ -125,6 +125,24 @@ def test_new_chunk_settings_rechunk_an_unchanged_file(embedding_model: Embedding
         assert index.count_chunks() == result.chunks
 
 
+def test_chunking_in_tokens_uses_the_embedding_models_tokenizer(open_index: OpenIndex, embedding_model: EmbeddingModel, tmp_path: Path) -> None:
+    index = open_index(chunking=ChunkingConfig(size=64, overlap=16, unit="tokens"))
+    result = index.ingest(write(tmp_path / "docs", "leave-policy.md", LEAVE)).files[0]
+    hits = index.search("leave", top_k=100)
+    assert len(hits) == result.chunks > 5
+    assert all(len(embedding_model.tokenize(hit.text)) <= 64 for hit in hits)
+
+
+def test_a_changed_file_that_no_longer_loads_keeps_its_previous_version(open_index: OpenIndex, tmp_path: Path) -> None:
+    path = write(tmp_path / "docs", "notes.txt", "Version one of the notes. It has two sentences.")
+    index = open_index()
+    chunks = index.ingest(path).files[0].chunks
+    path.write_bytes(b"\x00\x01 now binary")
+    result = index.ingest(path).files[0]
+    assert result.status == "failed" and "previously indexed version is kept" in result.message
+    assert index.count_chunks() == chunks
+
+
 def test_delete_removes_a_documents_chunks(open_index: OpenIndex, tmp_path: Path) -> None:
     leave = write(tmp_path / "docs", "leave-policy.md", LEAVE)
     security = write(tmp_path / "docs", "security-policy.md", SECURITY)
@@ -335,6 +353,7 @@ def test_one_index_can_be_shared_by_threads(open_index: OpenIndex, tmp_path: Pat
     def work(n: int) -> None:
         try:
             index.ingest(paths[n])
+            index.ingest(paths[0])  # every thread also (re)ingests one shared document
             assert index.search(f"topic number {n}", top_k=2)
             index.list_documents()
         except BaseException as error:  # noqa: BLE001 - reported by the main thread

@@ -1,0 +1,93 @@
+"""The real program in a pseudo-terminal: Rich UI, prompt_toolkit input, Ctrl-C, save and load."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pexpect
+
+from tests.cli.chat.conftest import LABS_GEN
+
+PROMPT = "you>"
+
+
+def spawn(args: list[str], env: dict[str, str], dimensions: tuple[int, int] = (40, 120)) -> pexpect.spawn:
+    child = pexpect.spawn(LABS_GEN, args, env=env, encoding="utf-8", dimensions=dimensions, timeout=120,
+                          cwd=str(Path(env["LABS_HOME"]).parent))
+    child.expect(PROMPT)
+    return child
+
+
+def command(child: pexpect.spawn, line: str, expect: str) -> None:
+    child.sendline(line)
+    child.expect(expect)
+    child.expect(PROMPT)
+
+
+def test_chat_save_quit_load_and_continue(tiny_model_dir: Path, chat_env: dict[str, str]) -> None:
+    args = ["--interactive", "--model", str(tiny_model_dir)]
+    child = spawn(args, chat_env)
+    assert "tiny-model" in child.before and "cpu" in child.before  # the banner
+    command(child, "/set max_tokens 6", "max_tokens = 6")
+    command(child, "Hello, who are you?", r"\d+ tokens, first token [\d.]+ s, [\d.]+ tok/s")
+    command(child, "/sav", r"unknown command /sav; did you mean /save")
+    command(child, "/set temperature -1", r"temperature must be between 0 and 2, got -1")
+    command(child, "/set top_p 0", r"top_p must be > 0")
+    command(child, "What was my largest expense?", r"from your transactions")
+    command(child, "/save trip", r"saved as trip")
+    command(child, "/list", r"trip")
+    child.sendcontrol("d")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    saved = json.loads((Path(chat_env["LABS_HOME"]) / "conversations" / "trip.json").read_text())
+    assert [m["role"] for m in saved["messages"]] == ["user", "assistant"] * 2
+    assert "$1,999.00" in saved["messages"][3]["content"]
+
+    child = spawn(args, chat_env)
+    command(child, "/load trip", r"loaded trip: 4 messages")
+    command(child, "/set max_tokens 4", "max_tokens = 4")
+    command(child, "And then?", r"tok/s")
+    child.send("\x1b[200~A pasted line\nand a second one\x1b[201~")  # a bracketed paste: one message
+    command(child, "", r"tok/s")
+    child.sendline("Continued \\")  # a trailing backslash continues the message
+    child.expect(r"\.\.\.>")
+    command(child, "here", r"tok/s")
+    command(child, "/stats", r"messages in history")
+    command(child, "/save", r"saved as trip")  # the name it was loaded under
+    child.sendintr()  # first Ctrl-C at the empty prompt: a hint
+    child.expect("Ctrl-C again")
+    child.sendintr()  # second: exit
+    child.expect(pexpect.EOF)
+    saved = json.loads((Path(chat_env["LABS_HOME"]) / "conversations" / "trip.json").read_text())
+    assert [m["content"] for m in saved["messages"][4::2]] == ["And then?", "A pasted line\nand a second one", "Continued \nhere"]
+    assert (Path(chat_env["LABS_HOME"]) / "chat_history").read_text().count("And then?") == 1  # prompt history file
+
+
+def test_ctrl_c_stops_the_answer_and_the_chat_goes_on(tiny_model_dir: Path, chat_env: dict[str, str]) -> None:
+    child = spawn(["chat", "--model", str(tiny_model_dir)], chat_env)
+    command(child, "/set max_tokens 220", "max_tokens = 220")
+    child.sendline("Write a very long story about a dragon.")
+    time.sleep(0.3)
+    child.sendintr()
+    # Usually stopped mid-answer; the tiny random model may also have ended on EOS before it.
+    index = child.expect([r"tok/s[^\n]*\n", r"stopped", "Ctrl-C again"])
+    stopped = index == 1 or (index == 0 and "(stopped)" in child.match.group(0))
+    print("ctrl-c outcome:", "stopped" if stopped else ["finished first", "", "at the prompt"][index])
+    child.expect(PROMPT)
+    command(child, "/set max_tokens 3", "max_tokens = 3")
+    command(child, "Still there?", r"tok/s")
+    command(child, "/stats", r"answers")
+    child.sendline("/exit")
+    child.expect(pexpect.EOF)
+
+
+def test_real_model_answers_in_a_narrow_terminal(default_model_dir: Path, chat_env: dict[str, str]) -> None:
+    child = spawn(["--interactive", "--model", "smollm2-135m-instruct", "--max-new-tokens", "24"], chat_env,
+                  dimensions=(30, 50))
+    command(child, "/set temperature 0", "temperature = 0")
+    command(child, "What is the capital of France?", r"Paris(.|\n)*tok/s")
+    child.sendcontrol("d")
+    child.expect(pexpect.EOF)
