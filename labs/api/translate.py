@@ -7,6 +7,7 @@ value is checked against the server's limits and then by SamplingParams.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -14,9 +15,18 @@ from typing import Any
 from labs.api.errors import APIError, bad_request
 from labs.api.schemas import ChatCompletionRequest, ChatMessage, SamplingFields
 from labs.config import Settings
+from labs.engine.guided import GuidedDecoding
 from labs.engine.sampling import SamplingParams
 from labs.models.prompting import prompt_token_ids
 from labs.serving.models import ServedModel
+from labs.serving.tools import (
+    ToolsError,
+    render_messages_for_fallback,
+    resolve_tool_choice,
+    template_supports_tools,
+    tools_system_prompt,
+    validate_tools,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +111,7 @@ def sampling_params(body: SamplingFields, settings: Settings, limits: Limits, *,
         min_tokens=_pick(body.min_tokens, 0),
         n=n,
         logprobs=logprobs,
+        guided=guided_decoding(body),
     )
 
 
@@ -114,25 +125,101 @@ def chat_logprobs(body: ChatCompletionRequest) -> int | None:
     return (body.top_logprobs or 0) if body.logprobs else None
 
 
-def reject_unsupported_chat_fields(body: ChatCompletionRequest) -> None:
-    """Fields this server cannot honour yet are refused, not silently ignored."""
-    if body.response_format is not None and body.response_format.get("type", "text") != "text":
-        raise bad_request(f"response_format type {body.response_format.get('type')!r} is not supported by this server yet; "
-                          "use 'text'", param="response_format")
-    if body.tools and body.tool_choice not in (None, "none"):
-        raise bad_request("tool calling is not supported by this server yet: send tool_choice 'none' or no tools",
-                          param="tools")
+def guided_decoding(body: SamplingFields) -> GuidedDecoding | None:
+    """The grammar a request's output must follow: response_format, or vLLM's guided_* extensions."""
+    asked: list[GuidedDecoding] = []
+    fmt = body.response_format
+    if fmt is not None:
+        kind = fmt.get("type")
+        if kind == "json_object":
+            asked.append(GuidedDecoding("json_object"))
+        elif kind == "json_schema":
+            spec = fmt.get("json_schema")
+            if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+                raise bad_request("response_format.json_schema.schema must be a JSON schema object", param="response_format")
+            asked.append(GuidedDecoding("json_schema", json.dumps(spec["schema"])))
+        elif kind != "text":
+            raise bad_request(f"response_format type must be text, json_object or json_schema, got {kind!r}",
+                              param="response_format")
+    if body.guided_json is not None:
+        schema = body.guided_json if isinstance(body.guided_json, str) else json.dumps(body.guided_json)
+        asked.append(GuidedDecoding("json_schema", schema, field="guided_json"))
+    if body.guided_regex is not None:
+        asked.append(GuidedDecoding("regex", body.guided_regex, field="guided_regex"))
+    if body.guided_choice is not None:
+        if not body.guided_choice or not all(body.guided_choice):
+            raise bad_request("guided_choice must be a non-empty list of non-empty strings", param="guided_choice")
+        asked.append(GuidedDecoding("choice", json.dumps(body.guided_choice), field="guided_choice"))
+    if body.guided_grammar is not None:
+        asked.append(GuidedDecoding("grammar", body.guided_grammar, field="guided_grammar"))
+    if len(asked) > 1:
+        raise bad_request("give at most one of response_format (json), guided_json, guided_regex, guided_choice and "
+                          "guided_grammar", param=asked[1].field)
+    return asked[0] if asked else None
 
 
-def chat_prompt_ids(served: ServedModel, messages: list[dict[str, Any]], settings: Settings) -> list[int]:
+@dataclass(frozen=True)
+class ToolPlan:
+    """How a chat request uses tools: which, the choice, and whether decoding is forced to a call."""
+
+    tools: list[dict[str, Any]]
+    choice: str  # none, auto, required, or a function name
+
+    @property
+    def active(self) -> bool:
+        return bool(self.tools) and self.choice != "none"
+
+    @property
+    def forced(self) -> bool:
+        return self.active and self.choice != "auto"
+
+
+def tool_plan(body: ChatCompletionRequest) -> ToolPlan:
+    try:
+        tools = validate_tools(body.tools or [])
+        return ToolPlan(tools, resolve_tool_choice(body.tool_choice, tools))
+    except ToolsError as error:
+        raise bad_request(str(error), param=error.param) from None
+
+
+def chat_prompt_ids(served: ServedModel, messages: list[dict[str, Any]], settings: Settings,
+                    plan: ToolPlan | None = None) -> list[int]:
     generation = settings.generation
+    tools = None
+    if plan is not None and plan.active and template_supports_tools(served.tokenizer) and generation.use_chat_template:
+        tools = plan.tools
+        messages = [_with_argument_objects(m) for m in messages]
+    elif plan is not None and (plan.active or any(m.get("tool_calls") or m["role"] == "tool" for m in messages)):
+        messages = render_messages_for_fallback(messages)
+        if plan.active:
+            instructions = {"role": "system", "content": tools_system_prompt(plan.tools, plan.choice)}
+            if messages and messages[0]["role"] in ("system", "developer"):
+                messages = [{**messages[0], "content": f"{messages[0]['content']}\n\n{instructions['content']}"}, *messages[1:]]
+            else:
+                messages = [instructions, *messages]
     return prompt_token_ids(
         served.tokenizer,
         messages=messages,
         system=generation.system_prompt,
         use_chat_template=generation.use_chat_template,
         add_generation_prompt=generation.add_generation_prompt,
+        tools=tools,
     )
+
+
+def _with_argument_objects(message: dict[str, Any]) -> dict[str, Any]:
+    """Chat templates expect tool-call arguments as objects; the OpenAI API sends them as JSON text."""
+    if not message.get("tool_calls"):
+        return message
+    calls = []
+    for call in message["tool_calls"]:
+        function = dict(call.get("function", {}))
+        try:
+            function["arguments"] = json.loads(function.get("arguments") or "{}")
+        except (json.JSONDecodeError, TypeError):
+            pass
+        calls.append({**call, "function": function})
+    return {**message, "tool_calls": calls}
 
 
 def context_room(served: ServedModel, prompt_ids: list[int], param: str) -> int:

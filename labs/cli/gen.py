@@ -41,6 +41,7 @@ def gen(
     top_k: Annotated[Optional[int], typer.Option("--top-k", help="0 disables.")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for reproducible sampling.")] = None,
     rag: Annotated[Optional[bool], typer.Option("--rag/--no-rag", help="Answer questions about your transactions from your data (LABS_RAG_ENABLED).")] = None,
+    json_schema: Annotated[Optional[Path], typer.Option("--json-schema", help="A JSON schema file the output must validate against.")] = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Alias, folder, .gguf file or cached Hub id.")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="Path of labs.toml.")] = None,
     show_config: Annotated[bool, typer.Option("--show-config", help="Print the effective configuration with each value's source, and exit.")] = False,
@@ -75,7 +76,7 @@ def gen(
             return
         if (prompt is None) == (messages_json is None):
             raise typer.BadParameter("give exactly one of --prompt or --messages-json", param_hint="--prompt")
-        _generate(settings, prompt, messages_json, stream, as_json)
+        _generate(settings, prompt, messages_json, stream, as_json, _guided_from_file(json_schema))
     except LabsError as error:
         err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
         raise typer.Exit(error.exit_code) from None
@@ -132,7 +133,25 @@ def _setup_logging(verbose: bool) -> None:
     disable_progress_bars()
 
 
-def _generate(settings: Settings, prompt: str | None, messages_json: str | None, stream: bool, as_json: bool) -> None:
+def _guided_from_file(path: Path | None) -> Any:
+    """--json-schema FILE as a grammar for the engine (None without the flag)."""
+    if path is None:
+        return None
+    from labs.engine.guided import GuidedDecoding
+
+    try:
+        schema = json.loads(path.read_text())
+    except OSError as error:
+        raise LabsError(f"--json-schema: cannot read {path}: {error.strerror}") from None
+    except json.JSONDecodeError as error:
+        raise LabsError(f"--json-schema: {path} is not valid JSON: {error}") from None
+    if not isinstance(schema, dict):
+        raise LabsError(f"--json-schema: {path} must hold a JSON schema object")
+    return GuidedDecoding("json_schema", json.dumps(schema), field="--json-schema")
+
+
+def _generate(settings: Settings, prompt: str | None, messages_json: str | None, stream: bool, as_json: bool,
+              guided: Any = None) -> None:
     from labs.cli.generation import generate_for_cli
 
     on_text = None
@@ -142,7 +161,7 @@ def _generate(settings: Settings, prompt: str | None, messages_json: str | None,
             sys.stdout.flush()
 
     with err_console.status("Loading model...", spinner="dots") as status:
-        result, loaded = generate_for_cli(settings, prompt, messages_json, on_text, status.update)
+        result, loaded = generate_for_cli(settings, prompt, messages_json, on_text, status.update, guided=guided)
     if loaded is None:  # answered from the user's data
         if as_json:
             print(json.dumps({"source": result.source, "text": result.text, "data": result.data,

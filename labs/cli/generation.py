@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -9,6 +10,7 @@ from typing import Callable
 from labs.config import Settings
 from labs.engine.defaults import engine_config_from_settings, sampling_params_from_settings
 from labs.engine.engine import Engine
+from labs.engine.guided import GuidedDecoding
 from labs.engine.kv_cache import cache_shape_for
 from labs.engine.sequence import RequestOutput
 from labs.engine.torch_thread import torch_thread
@@ -59,10 +61,14 @@ def generate_for_cli(
     progress: Callable[[str], None],
     use_data: bool = True,
     messages_for_context: Callable[[int], list[dict]] | None = None,
+    guided: GuidedDecoding | None = None,
 ) -> tuple[CliResult, LoadedModel | None]:
     """Generate with the model, or answer from the user's data (then no model is loaded: None)."""
     messages = parse_messages_json(messages_json) if messages_json is not None else None
     params = sampling_params_from_settings(settings.generation)  # validate before the slow load
+    if guided is not None:
+        params = dataclasses.replace(params, guided=guided)
+        use_data = False  # a schema asks the model for structured output, not for a data answer
     from_data = _answer_from_data(settings, prompt, messages) if use_data else None
     if from_data is not None:
         return from_data, None

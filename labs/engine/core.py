@@ -17,6 +17,7 @@ import torch
 
 from labs.engine.attention import ATTENTION_NAME, register_paged_attention
 from labs.engine.detokenizer import IncrementalDetokenizer
+from labs.engine.guided import Guide
 from labs.engine.errors import EngineRequestError
 from labs.engine.kv_blocks import BlockAllocator
 from labs.engine.kv_cache import KVCache, budget_bytes, cache_shape_for, num_blocks_for_budget
@@ -80,6 +81,7 @@ class EngineCore:
         self.sampler = Sampler()
         self.eos_ids = eos_token_ids(model, tokenizer)
         self.vocab_size = model.get_output_embeddings().weight.shape[0]
+        self.guide = Guide(tokenizer, self.vocab_size)
         self.stats = EngineStats(kv_cache_blocks_total=num_blocks)
         self._requests: dict[str, list[Sequence]] = {}
         self._forks: dict[int, list[Sequence]] = {}  # parent seq_id -> samples waiting to share its prefill
@@ -108,6 +110,8 @@ class EngineCore:
         if bad:
             raise EngineRequestError(f"token id {bad[0]} is outside the model's vocabulary (0..{self.vocab_size - 1})")
         params.validate_for_vocab(self.vocab_size)
+        if params.guided is not None:
+            self.guide.validate(params.guided)  # a bad schema is refused before the request is queued
         max_tokens = params.max_tokens if params.max_tokens is not None else room
         needed = prompt + max_tokens
         if needed > self.cache_capacity_tokens:
@@ -136,6 +140,7 @@ class EngineCore:
                 detokenizer=IncrementalDetokenizer(self.tokenizer, prompt_token_ids, stop=params.stop),
                 sink=sink,
                 generator=make_generator(seed) if seed is not None else None,
+                matcher=self.guide.matcher(params.guided) if params.guided is not None else None,
             ))
         self._requests[request_id] = samples
         self.scheduler.add(samples[0])
@@ -199,6 +204,11 @@ class EngineCore:
                     forked.append(child)
                     rows.append(child)
                     row_logits = torch.cat([row_logits, logits[position:position + 1]])
+        guided = [(i, s.matcher) for i, s in enumerate(rows) if s.matcher is not None]
+        if guided:
+            if row_logits is logits:
+                row_logits = logits.clone()  # the runner's buffer may be reused
+            self.guide.mask_logits(row_logits, guided)
         states = [RowState(s.params, s.prompt_token_ids, s.output_token_ids, s.generator, self.eos_ids) for s in rows]
         result = self.sampler(row_logits, states)
         now = time.perf_counter()
@@ -238,6 +248,10 @@ class EngineCore:
             self.stats.prompt_tokens_total += len(seq.prompt_token_ids)
             self.stats.cached_prompt_tokens_total += seq.cached_prompt_tokens
         finish, stop_reason, delta = None, None, ""
+        if seq.matcher is not None and token not in self.eos_ids:
+            if not seq.matcher.consume_token(token):
+                self._finish(seq, "error", deliver=True, error=f"constrained decoding failed: {seq.matcher.get_error()}")
+                return
         if token in self.eos_ids and not seq.params.ignore_eos:
             finish, stop_reason = "stop", token
         elif token in seq.params.stop_token_ids:
@@ -247,6 +261,8 @@ class EngineCore:
             delta = step.text_delta
             if step.stop_matched is not None:
                 finish, stop_reason = "stop", step.stop_matched
+        if finish is None and seq.matcher is not None and seq.matcher.is_stopped():
+            finish = "stop"  # the grammar is complete: nothing else may follow
         if finish is None and len(seq.output_token_ids) >= seq.max_tokens:
             finish = "length"
         if finish is not None and not seq.detokenizer.finished:

@@ -104,6 +104,13 @@ class Engine:
             raise
         return GenerateResult(samples, prompt_tokens, cached)
 
+    def check(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        """Raise the error add_request would (context, vocabulary, grammar), without queueing anything.
+
+        For callers that must answer before they start streaming (an HTTP status cannot change later).
+        """
+        self.core.validate(list(prompt_token_ids), params)
+
     def abort(self, request_id: str) -> None:
         """Stop a request; its cache is freed in the engine's next step."""
         self._command(lambda: self.core.abort(request_id))

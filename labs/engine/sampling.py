@@ -120,6 +120,7 @@ class SamplingParams:
     min_tokens: int = 0
     n: int = 1
     logprobs: int | None = None
+    guided: Any = None  # a labs.engine.guided.GuidedDecoding: the output must match its grammar
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalised values are written this way
@@ -165,6 +166,11 @@ class SamplingParams:
         _check_int("n", self.n, 1, MAX_N)
         if self.logprobs is not None:
             _check_int("logprobs", self.logprobs, 0, MAX_LOGPROBS)
+        if self.guided is not None:
+            from labs.engine.guided import GuidedDecoding
+
+            if not isinstance(self.guided, GuidedDecoding):
+                raise SamplingParamsError("guided", f"guided must be a GuidedDecoding, got {self.guided!r}")
 
     @property
     def greedy(self) -> bool:

@@ -6,7 +6,7 @@ import enum
 import itertools
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -57,6 +57,7 @@ class Sequence:
     detokenizer: IncrementalDetokenizer
     sink: OutputSink
     generator: torch.Generator | None = None
+    matcher: Any = None  # llguidance matcher when the request is constrained by a grammar
     seq_id: int = field(default_factory=lambda: next(_ids))
     output_token_ids: list[int] = field(default_factory=list)
     status: Status = Status.WAITING

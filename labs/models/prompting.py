@@ -82,6 +82,7 @@ def prompt_token_ids(
     system: str | None = None,
     use_chat_template: bool = True,
     add_generation_prompt: bool = True,
+    tools: list[dict[str, Any]] | None = None,
 ) -> list[int]:
     if prompt is not None and messages is None and not use_chat_template:
         return list(tokenizer(prompt)["input_ids"])  # raw text, with the tokenizer's own BOS if any
@@ -90,7 +91,8 @@ def prompt_token_ids(
         # OpenAI's "developer" role is its newer name for "system"; chat templates only know "system"
         chat = [{**m, "role": "system"} if m["role"] == "developer" else m for m in chat]
     if use_chat_template and getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=add_generation_prompt)
+        extra = {"tools": tools} if tools else {}  # only for templates that know tools (see labs.serving.tools)
+        text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=add_generation_prompt, **extra)
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
     return list(tokenizer(plain_chat_text(chat, add_generation_prompt))["input_ids"])
 

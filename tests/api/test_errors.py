@@ -46,7 +46,7 @@ def still_serves(server: LiveServer) -> None:
         ({"top_logprobs": 2}, "top_logprobs", "requires logprobs"),
         ({"logprobs": True, "top_logprobs": 21}, "logprobs", "logprobs must be between 0 and 20"),
         ({"stream_options": {"include_usage": True}}, "stream_options", "only allowed when stream is true"),
-        ({"response_format": {"type": "json_object"}}, "response_format", "not supported"),
+        ({"response_format": {"type": "xml"}}, "response_format", "text, json_object or json_schema"),
         ({"presence_penalty": -3}, "presence_penalty", "between -2 and 2"),
         ({"seed": "x"}, "seed", "valid integer"),
     ],

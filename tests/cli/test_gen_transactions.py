@@ -48,3 +48,17 @@ def test_a_missing_configured_file_is_a_clear_error(monkeypatch: pytest.MonkeyPa
     result = runner.invoke(app, ["--prompt", "What was my largest expense?"])
     assert result.exit_code == 2
     assert "nope.csv" in result.output and "LABS_TRANSACTIONS_CSV" in result.output
+
+
+def test_json_schema_flag_constrains_the_output(tmp_path: Path, tiny_model_dir: Path) -> None:
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer", "minimum": 0, "maximum": 9}},
+              "required": ["ok", "n"], "additionalProperties": False}
+    (tmp_path / "schema.json").write_text(json.dumps(schema))
+    result = runner.invoke(app, ["--model", str(tiny_model_dir), "--prompt", "anything", "--json-schema",
+                                 str(tmp_path / "schema.json"), "--temperature", "1", "--seed", "3", "--max-new-tokens", "60", "--json"])
+    assert result.exit_code == 0, result.output
+    value = json.loads(json.loads(result.stdout)["text"])
+    assert set(value) == {"ok", "n"} and isinstance(value["ok"], bool) and 0 <= value["n"] <= 9
+    (tmp_path / "bad.json").write_text("{not json")
+    bad = runner.invoke(app, ["--model", str(tiny_model_dir), "--prompt", "x", "--json-schema", str(tmp_path / "bad.json")])
+    assert bad.exit_code == 1 and "not valid JSON" in bad.output

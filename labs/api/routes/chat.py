@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -22,11 +23,14 @@ from labs.api.translate import (
     check_max_tokens_fit,
     check_messages,
     context_room,
-    reject_unsupported_chat_fields,
+    tool_plan,
     sampling_params,
+    ToolPlan,
 )
+from labs.api.errors import bad_request
 from labs.engine.sampling import SamplingParams
 from labs.serving.models import ServedModel
+from labs.serving.tools import ToolCall, call_grammar, parse_forced_call, parse_tool_calls
 from labs.serving.reasoning import ReasoningSplitter, prompt_opens_reasoning, split_reasoning
 
 router = APIRouter(dependencies=[Depends(require_api_key)], tags=["OpenAI"])
@@ -51,7 +55,7 @@ class _Reasoning:
 
 @router.post("/v1/chat/completions", summary="Chat completion (OpenAI-compatible)")
 async def chat_completions(body: ChatCompletionRequest, request: Request, state: ServerState = Depends(get_state)) -> Any:
-    reject_unsupported_chat_fields(body)
+    plan = tool_plan(body)
     messages = check_messages(body.messages, state.limits)
     logprobs = chat_logprobs(body)
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
@@ -63,15 +67,21 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, state:
         rag = None
         if body.use_rag and messages[-1]["role"] == "user" and isinstance(messages[-1].get("content"), str):
             messages, rag = await _with_document_sources(messages, state, served, max_tokens)
-        prompt_ids = chat_prompt_ids(served, messages, state.settings)
+        prompt_ids = chat_prompt_ids(served, messages, state.settings, plan)
         room = context_room(served, prompt_ids, "messages")
         check_max_tokens_fit(served, prompt_ids, max_tokens, "max_tokens")
         params = sampling_params(body, state.settings, state.limits, max_tokens=max_tokens, room=room, logprobs=logprobs)
+        if plan.forced:
+            if params.guided is not None:
+                raise bad_request("tool_choice required or a named function cannot be combined with response_format "
+                                  "or guided_*", param="tool_choice")
+            params = dataclasses.replace(params, guided=call_grammar(plan.tools, plan.choice))
+        served.engine.check(prompt_ids, params)  # bad grammars etc. are a 400 before any streaming starts
         reasoning = _Reasoning(served, prompt_ids, state.settings.server.split_reasoning)
         request_id = new_id("chatcmpl")
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            events = _stream(state, served, prompt_ids, params, request_id, reasoning, include_usage, rag)
+            events = _stream(state, served, prompt_ids, params, request_id, reasoning, include_usage, rag, plan)
             return event_stream_response(openai_stream(events))  # the stream releases the model
         collected = await until_disconnected(
             request, collect_outputs(served, prompt_ids, params, request_id, state.metrics))
@@ -85,11 +95,17 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, state:
         message: dict[str, Any] = {"role": "assistant", "content": content}
         if thinking is not None:
             message["reasoning_content"] = thinking
+        finish_reason = sample.finish_reason
+        calls = _tool_calls(plan, content, finish_reason)
+        if calls is not None:
+            message["content"], tool_calls = calls
+            message["tool_calls"] = [call.to_dict() for call in tool_calls]
+            finish_reason = "tool_calls"
         choices.append({
             "index": sample.index,
             "message": message,
             "logprobs": {"content": chat_logprobs_content(served.tokenizer, sample)} if logprobs is not None else None,
-            "finish_reason": sample.finish_reason,
+            "finish_reason": finish_reason,
         })
     return JSONResponse({
         "id": request_id,
@@ -100,6 +116,17 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, state:
         "usage": _usage(collected.prompt_tokens, collected.completion_tokens, collected.cached_prompt_tokens),
         **({"rag": rag} if rag else {}),
     })
+
+
+def _tool_calls(plan: ToolPlan, text: str, finish_reason: str | None) -> tuple[str | None, list[ToolCall]] | None:
+    """(content, calls) when the output holds tool calls, else None (a plain answer)."""
+    if not plan.active:
+        return None
+    if plan.forced:
+        call = parse_forced_call(text) if finish_reason == "stop" else None
+        return (None, [call]) if call is not None else None
+    content, calls = parse_tool_calls(text, plan.tools)
+    return (content or None, calls) if calls else None
 
 
 async def _with_document_sources(messages: list[dict[str, Any]], state: ServerState, served: ServedModel,
@@ -125,6 +152,8 @@ async def _answer_from_data(body: ChatCompletionRequest, messages: list[dict[str
     answer = await asyncio.to_thread(state.transactions.answer, messages[-1]["content"], body.use_rag)
     if answer is None:
         return None
+    if body.use_rag and answer.kind in ("no_match", "unsupported"):
+        return None  # the data has nothing on it: the documents may (use_rag asks for them too)
     model_id = state.models.resolve_id(body.model)
     request_id = new_id("chatcmpl")
     created = int(time.time())
@@ -152,6 +181,21 @@ async def _answer_from_data(body: ChatCompletionRequest, messages: list[dict[str
     return event_stream_response(openai_stream(events()))
 
 
+def _final_tool_chunks(chunk: Any, index: int, text: str, finish_reason: str | None, plan: ToolPlan) -> list[str]:
+    """A held sample's end as OpenAI streams it: the content, or each call (header, then arguments)."""
+    calls = _tool_calls(plan, text, finish_reason)
+    if calls is None:
+        return [chunk(index, {"content": text}), chunk(index, {}, finish_reason)] if text else [chunk(index, {}, finish_reason)]
+    content, tool_calls = calls
+    events = [chunk(index, {"content": content})] if content else []
+    for position, call in enumerate(tool_calls):
+        events.append(chunk(index, {"tool_calls": [{"index": position, "id": call.id, "type": "function",
+                                                    "function": {"name": call.name, "arguments": ""}}]}))
+        events.append(chunk(index, {"tool_calls": [{"index": position, "function": {"arguments": call.arguments}}]}))
+    events.append(chunk(index, {}, "tool_calls"))
+    return events
+
+
 def _usage(prompt: int, completion: int, cached: int) -> dict[str, Any]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
             "prompt_tokens_details": {"cached_tokens": cached}}
@@ -159,7 +203,7 @@ def _usage(prompt: int, completion: int, cached: int) -> dict[str, Any]:
 
 async def _stream(state: ServerState, served: ServedModel, prompt_ids: list[int], params: SamplingParams,
                   request_id: str, reasoning: _Reasoning, include_usage: bool,
-                  rag: dict[str, Any] | None = None) -> AsyncIterator[str]:
+                  rag: dict[str, Any] | None = None, plan: ToolPlan | None = None) -> AsyncIterator[str]:
     created = int(time.time())
     usage_field = {"usage": None} if include_usage else {}
 
@@ -172,6 +216,7 @@ async def _stream(state: ServerState, served: ServedModel, prompt_ids: list[int]
         })
 
     splitters = [reasoning.splitter() for _ in range(params.n)]
+    held = [""] * params.n
     completion_tokens = [0] * params.n
     prompt_tokens = cached = 0
     outputs = stream_outputs(served, prompt_ids, params, request_id, state.metrics)
@@ -183,6 +228,12 @@ async def _stream(state: ServerState, served: ServedModel, prompt_ids: list[int]
             completion_tokens[out.index] += len(out.new_token_ids)
             if out.finished and (error := finish_error(out)) is not None:
                 raise error
+            if plan is not None and plan.active:  # a call is only known once the sample ends: hold its text
+                held[out.index] += out.text_delta
+                if out.finished:
+                    for event in _final_tool_chunks(chunk, out.index, held[out.index], out.finish_reason, plan):
+                        yield event
+                continue
             splitter = splitters[out.index]
             thinking, content = splitter.feed(out.text_delta) if splitter else ("", out.text_delta)
             if out.finished and splitter is not None:

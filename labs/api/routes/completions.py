@@ -72,6 +72,7 @@ async def completions(body: CompletionRequest, request: Request, state: ServerSt
             check_max_tokens_fit(served, ids, body.max_tokens, "max_tokens")
             params_list.append(sampling_params(body, state.settings, state.limits, max_tokens=body.max_tokens,
                                                room=room, logprobs=body.logprobs))
+            served.engine.check(ids, params_list[-1])
         request_id = new_id("cmpl")
         texts = [p if isinstance(p, str) else served.tokenizer.decode(p) for p in prompts]
         if body.stream:

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from labs.cli.chat.backends import Event, LocalBackend, ServerBackend, TurnStats
-from labs.cli.chat.commands import CommandError, help_rows, is_command, parse_command, parse_set, parse_think
+from labs.cli.chat.commands import (CommandError, help_rows, is_command, parse_command, parse_docs, parse_set,
+                                    parse_think)
 from labs.cli.chat.render import Renderer
 from labs.cli.chat.session import ChatSession
 from labs.cli.chat.storage import ConversationStore, StorageError, default_name
@@ -122,7 +123,7 @@ class ChatApp:
         def work() -> None:
             try:
                 dropped = self.backend.stream(session.system, list(session.history), session.params, events.put,
-                                              use_rag=self.settings.rag.enabled)
+                                              use_rag=self.settings.rag.enabled, use_docs=session.docs)
                 if dropped:
                     events.put(Event("dropped", data=dropped))
             except BaseException as error:  # noqa: BLE001 - reported in the chat
@@ -180,6 +181,7 @@ class ChatApp:
     def cmd_help(self, arg: str) -> None:
         self.out.table("commands", ["command", "what it does"], [list(row) for row in help_rows()])
         self.out.info("A trailing backslash continues a message on the next line; Ctrl-C stops an answer.")
+        self.out.info(f"Answers from your documents are {'on' if self.session.docs else 'off'} (/docs on|off).")
 
     def cmd_exit(self, arg: str) -> None:
         raise ExitChat
@@ -201,11 +203,24 @@ class ChatApp:
         self.session.think = parse_think(arg)
         self.out.info(f"thinking is {'shown' if self.session.think else 'hidden'}")
 
+    def cmd_docs(self, arg: str) -> None:
+        on = parse_docs(arg)
+        if on:  # the first time, the local backend loads the embedding model (~10 s) and opens the index
+            with self.out.err.status("Loading the embedding model...", spinner="dots") if self.out.rich else _nothing():
+                where = self.backend.open_documents()
+            self.session.docs = True
+            self.out.info(f"answering from your documents ({where}); /docs off to stop")
+        else:
+            self.backend.close_documents()
+            self.session.docs = False
+            self.out.info("answering without your documents")
+
     def cmd_stats(self, arg: str) -> None:
         t = self.session.totals
         rate = t.completion_tokens / t.seconds if t.seconds > 0 else 0.0
         self.out.table("session", ["", "value"], [
             ["model", self.backend.model_name], ["answers", str(t.turns)], ["from your data", str(t.from_data)],
+            ["from your documents", str(t.from_documents)], ["documents", "on" if self.session.docs else "off"],
             ["stopped", str(t.stopped)], ["prompt tokens", str(t.prompt_tokens)],
             ["generated tokens", str(t.completion_tokens)], ["generation time", f"{t.seconds:.2f} s"],
             ["average rate", f"{rate:.1f} tok/s"], ["messages in history", str(len(self.session.history))],
@@ -284,3 +299,4 @@ def run_chat(settings: Settings, server: str | None = None, api_key: str | None 
         app.run(TerminalInput(Path(settings.paths.home)) if rich else read_plain())
     finally:
         backend.close()
+        backend.close_documents()

@@ -34,7 +34,7 @@ class TurnStats:
     time_to_first_token: float = 0.0
     seconds: float = 0.0
     finish_reason: str = "stop"
-    source: str = "model"
+    source: str = "model"  # "model", "documents" (the model, from retrieved sources) or the data's name
 
     @property
     def tokens_per_second(self) -> float:
@@ -58,6 +58,8 @@ class LocalBackend:
     def __init__(self, settings: Settings, progress: Callable[[str], None] | None = None, model: str | None = None) -> None:
         self.settings = settings
         self.transactions = None
+        self.documents: Any = None  # DocumentsService, open while /docs is on
+        self.embedding_model: Any = None  # loaded on the first /docs on, kept
         self._request_id: str | None = None
         self._aborted = threading.Event()
         self.engine = None
@@ -102,6 +104,50 @@ class LocalBackend:
             self.transactions = TransactionsService(self.settings)
         return self.transactions.answer(question)
 
+    def open_documents(self) -> str:
+        """Load the embedding model (once) and open the document index; returns where it lives."""
+        from labs.embeddings import load_embedding_model
+        from labs.serving.documents import DocumentsService
+
+        if self.embedding_model is None:
+            embeddings = self.settings.embeddings
+            self.embedding_model = load_embedding_model(embeddings.model, embeddings.device, self.settings.model_aliases)
+        if self.documents is None:
+            service = DocumentsService(self.settings)
+            try:
+                service.index(self.embedding_model)
+            except BaseException:
+                service.close()
+                raise
+            self.documents = service
+        return self.documents.location
+
+    def close_documents(self) -> None:
+        """Release the index (Qdrant's local mode locks its folder against other processes)."""
+        if self.documents is not None:
+            self.documents.close()
+            self.documents = None
+
+    def with_documents(self, system: str | None, history: list[dict[str, str]], params: SamplingParams,
+                       ) -> tuple[str | None, list[dict[str, str]], list[dict[str, Any]]]:
+        """The turn with its question replaced by the retrieved sources + question (as the API does).
+
+        Returns (system, history, sources): the user's own system message is kept, else the
+        retrieval instructions are the system message. History length is unchanged, so the
+        count of dropped messages still applies to the stored history.
+        """
+        if self.documents is None:
+            self.open_documents()
+        question = history[-1]["content"]
+        hits = self.documents.search(self.embedding_model, question)
+        context = self.loaded.context_length
+        history_chars = sum(len(m["content"]) for m in history[:-1]) + len(system or "")
+        answer_tokens = params.max_tokens or min(self.settings.generation.max_new_tokens, max(context // 4, 1))
+        rag_messages, sources = self.documents.messages(question, hits, context - history_chars // 3, answer_tokens)
+        rag_system = next((m["content"] for m in rag_messages if m["role"] == "system"), None)
+        asked = [m for m in rag_messages if m["role"] != "system"]
+        return (system or rag_system), history[:-1] + asked, sources
+
     def fit(self, system: str | None, history: list[dict[str, str]], params: SamplingParams) -> tuple[list[int], int, SamplingParams, str]:
         """Prompt ids for the conversation, dropping the oldest turns that do not fit the context.
 
@@ -131,7 +177,7 @@ class LocalBackend:
         return ids, dropped, params, text
 
     def stream(self, system: str | None, history: list[dict[str, str]], params: SamplingParams, sink: Sink,
-               use_rag: bool = True) -> int:
+               use_rag: bool = True, use_docs: bool = False) -> int:
         """Run one turn; returns how many of the oldest history messages were dropped to fit."""
         from labs.engine.sequence import RequestOutput
 
@@ -140,16 +186,22 @@ class LocalBackend:
         question = history[-1]["content"] if history and history[-1]["role"] == "user" else None
         if use_rag and question is not None:
             answer = self.answer_from_data(question)
-            if answer is not None:
+            # With /docs on, "no transactions match that" is no answer: the documents may have one.
+            if answer is not None and not (use_docs and answer.kind in ("no_match", "unsupported")):
                 sink(Event("source", answer.source, answer.data))
                 sink(Event("content", answer.answer))
                 sink(Event("done", data=TurnStats(seconds=time.perf_counter() - started, source=answer.source)))
                 return 0
+        source = "model"
+        if use_docs and question is not None:
+            system, history, sources = self.with_documents(system, history, params)
+            source = "documents"
+            sink(Event("source", source, sources))
         ids, dropped, params, tail = self.fit(system, history, params)
         if dropped:
             sink(Event("notice", f"the conversation is longer than the model's context: "
                                  f"the {dropped} oldest message{'s' if dropped != 1 else ''} left the prompt"))
-        stats = TurnStats(prompt_tokens=len(ids))
+        stats = TurnStats(prompt_tokens=len(ids), source=source)
         self._request_id = request_id = f"chat-{next(_turns)}"
         splitter = self._splitter(tail)
 
@@ -205,7 +257,6 @@ class LocalBackend:
             self.engine.shutdown()
             self.engine = None
 
-
 class ServerBackend:
     """A running labs-api (or any OpenAI-compatible server) through the openai SDK, streaming."""
 
@@ -245,15 +296,23 @@ class ServerBackend:
             raise LabsError(f"the server has no model {model}; it serves: {', '.join(models)}")
         self.model = model
 
+    def open_documents(self) -> str:
+        return f"the server's index, {self.url}"
+
+    def close_documents(self) -> None:
+        return None
+
     def stream(self, system: str | None, history: list[dict[str, str]], params: SamplingParams, sink: Sink,
-               use_rag: bool = True) -> int:
+               use_rag: bool = True, use_docs: bool = False) -> int:
         import openai
 
         started = time.perf_counter()
         self._aborted.clear()
         stats = TurnStats()
         extra: dict[str, Any] = {"top_k": params.top_k, "repetition_penalty": params.repetition_penalty}
-        if not use_rag:
+        if use_docs:
+            extra["use_rag"] = True  # the server answers from the data or retrieves from its document index
+        elif not use_rag:
             extra["use_rag"] = False
         kwargs: dict[str, Any] = {"temperature": params.temperature, "top_p": params.top_p}
         if params.max_tokens is not None:
@@ -271,7 +330,8 @@ class ServerBackend:
                 rag = (chunk.model_extra or {}).get("rag")
                 if rag:
                     stats.source = rag.get("source", "transactions")
-                    sink(Event("source", stats.source, rag.get("data")))
+                    data = rag.get("sources") if stats.source == "documents" else rag.get("data")
+                    sink(Event("source", stats.source, data))
                 if chunk.usage is not None:
                     stats.completion_tokens = chunk.usage.completion_tokens
                     stats.prompt_tokens = chunk.usage.prompt_tokens
@@ -311,7 +371,6 @@ class ServerBackend:
 
     def close(self) -> None:
         self.client.close()
-
 
 def _server_message(error: Any) -> str:
     """The message of an OpenAI-shaped error body, else the SDK's own text."""

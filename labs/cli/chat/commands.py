@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "set": ("/set NAME VALUE", "set temperature, top_p, top_k, max_tokens, seed or repetition_penalty"),
     "stats": ("/stats", "session totals"),
     "think": ("/think on|off", "show or hide a reasoning model's thinking"),
+    "docs": ("/docs on|off", "answer the next questions from your documents (labs-gen rag ingest), with sources"),
     "exit": ("/exit", "leave the chat (also /quit, Ctrl-D)"),
 }
 ALIASES = {"clear": "new", "quit": "exit", "q": "exit", "?": "help"}
@@ -93,13 +94,21 @@ def parse_set(arg: str, current: SamplingParams) -> tuple[str, object, SamplingP
     return name, value, params
 
 
-def parse_think(arg: str) -> bool:
+def parse_switch(arg: str, usage: str) -> bool:
     value = arg.strip().lower()
     if value in ("on", "true", "yes", "1", "show"):
         return True
     if value in ("off", "false", "no", "0", "hide"):
         return False
-    raise CommandError("usage: /think on|off")
+    raise CommandError(f"usage: {usage}")
+
+
+def parse_think(arg: str) -> bool:
+    return parse_switch(arg, "/think on|off")
+
+
+def parse_docs(arg: str) -> bool:
+    return parse_switch(arg, "/docs on|off")
 
 
 def help_rows() -> list[tuple[str, str]]:

@@ -14,9 +14,21 @@ from rich.text import Text
 
 from labs.cli.chat.backends import Event, TurnStats
 
+STILL_THINKING = "no answer: the model stopped while still thinking"
+EMPTY_ANSWER = "(empty answer)"
+
+
+def source_line(source: dict[str, Any]) -> str:
+    """`[1] title (source, chunk n, score 0.71)` for one retrieved source."""
+    where = f", page {source['page']}" if source.get("page") else ""
+    score = source.get("score")
+    scored = f", score {score:.2f}" if isinstance(score, (int, float)) else ""
+    return (f"[{source.get('id', '?')}] {source.get('document') or source.get('source', '?')} "
+            f"({source.get('source', '?')}{where}, chunk {source.get('chunk', '?')}{scored})")
+
 
 def stats_line(stats: TurnStats) -> str:
-    if stats.source != "model":
+    if stats.source not in ("model", "documents"):
         return f"answered exactly from your {stats.source} in {stats.seconds:.2f} s (no model)"
     line = (f"{stats.completion_tokens} tokens, first token {stats.time_to_first_token:.2f} s, "
             f"{stats.tokens_per_second:.1f} tok/s")
@@ -37,7 +49,9 @@ class RichAnswer:
         self.reasoning = ""
         self.content = ""
         self.source: str | None = None
+        self.sources: list[dict[str, Any]] | None = None  # retrieved documents, when answered from them
         self.errors: list[str] = []
+        self.done = False
         self.live = Live(console=console, get_renderable=self._renderable, refresh_per_second=10,
                          vertical_overflow="visible", transient=False)
 
@@ -46,6 +60,7 @@ class RichAnswer:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        self.done = True  # the last refresh, on leaving, draws the final state
         self.live.__exit__(*exc)
 
     def _renderable(self) -> Any:
@@ -53,11 +68,19 @@ class RichAnswer:
         if self.reasoning and self.think:
             parts.append(Panel(Text(self.reasoning, style="dim italic"), title="thinking", title_align="left",
                                border_style="dim"))
-        if self.source is not None:
-            parts.append(Panel(Markdown(self.content), title=f"from your {self.source}", title_align="left",
-                               border_style="green"))
+        title, border = (f"from your {self.source}", "green") if self.source is not None else (self.title, "cyan")
+        if self.done and not self.content and self.reasoning and not self.errors:
+            note = STILL_THINKING + ("" if self.think else " (/think on shows the thinking)")
+            parts.append(Panel(Text(note, style="yellow"), title=title, title_align="left", border_style=border))
+        elif self.source is not None:
+            parts.append(Panel(Markdown(self.content), title=title, title_align="left", border_style=border))
+        elif self.done and not self.content and not parts:
+            parts.append(Panel(Text(EMPTY_ANSWER, style="dim"), title=title, title_align="left", border_style=border))
         elif self.content or not parts:
-            parts.append(Panel(Markdown(self.content or "…"), title=self.title, title_align="left", border_style="cyan"))
+            parts.append(Panel(Markdown(self.content or "…"), title=title, title_align="left", border_style=border))
+        if self.sources is not None:
+            lines = [source_line(s) for s in self.sources] or ["no source found in your documents"]
+            parts.append(Text("\n".join(lines), style="dim"))
         parts.extend(Text(f"error: {e}", style="bold red") for e in self.errors)
         return Group(*parts)
 
@@ -68,6 +91,8 @@ class RichAnswer:
             self.content += event.text
         elif event.kind == "source":
             self.source = event.text
+            if event.text == "documents":
+                self.sources = list(event.data or [])
         elif event.kind == "error":
             self.errors.append(event.text)
         elif event.kind == "notice":
@@ -82,6 +107,7 @@ class PlainAnswer:
         self.content = ""
         self.reasoning = ""
         self.source: str | None = None
+        self.sources: list[dict[str, Any]] | None = None
         self.errors: list[str] = []
         self._in_reasoning = False
 
@@ -91,9 +117,14 @@ class PlainAnswer:
     def __exit__(self, *exc: Any) -> None:
         if self._in_reasoning:
             self.err.write("\n")
+        if self.reasoning and not self.content and not self.errors:
+            self.err.write(f"note: {STILL_THINKING}\n")
         if self.content and not self.content.endswith("\n"):
             self.out.write("\n")
         self.out.flush()
+        if self.sources is not None:  # under the answer, like the other notes
+            lines = [source_line(s) for s in self.sources] or ["none found"]
+            self.err.write("sources from your documents:\n" + "".join(f"  {line}\n" for line in lines))
         self.err.flush()
 
     def event(self, event: Event) -> None:
@@ -114,6 +145,8 @@ class PlainAnswer:
             self.out.flush()
         elif event.kind == "source":
             self.source = event.text
+            if event.text == "documents":
+                self.sources = list(event.data or [])
         elif event.kind == "error":
             self.errors.append(event.text)
             self.err.write(f"error: {event.text}\n")

@@ -16,6 +16,7 @@ from labs.engine.sampling import SamplingParams, SamplingParamsError
 class Totals:
     turns: int = 0
     from_data: int = 0
+    from_documents: int = 0
     completion_tokens: int = 0
     prompt_tokens: int = 0
     seconds: float = 0.0
@@ -23,7 +24,8 @@ class Totals:
 
     def add(self, stats: TurnStats) -> None:
         self.turns += 1
-        self.from_data += stats.source != "model"
+        self.from_data += stats.source not in ("model", "documents")
+        self.from_documents += stats.source == "documents"
         self.completion_tokens += stats.completion_tokens
         self.prompt_tokens += stats.prompt_tokens
         self.seconds += stats.seconds
@@ -37,6 +39,7 @@ class ChatSession:
     system: str | None = None
     history: list[dict[str, str]] = field(default_factory=list)  # user/assistant turns
     think: bool = True
+    docs: bool = False  # answer from the user's document index (/docs on|off)
     totals: Totals = field(default_factory=Totals)
     created: str = field(default_factory=now_iso)
     name: str | None = None  # the name it was saved or loaded under

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from labs.cli.chat.commands import Command, CommandError, is_command, parse_command, parse_set, parse_think
+from labs.cli.chat.commands import (Command, CommandError, is_command, parse_command, parse_docs, parse_set,
+                                    parse_think)
 from labs.engine.sampling import SamplingParams
 
 
@@ -47,3 +48,10 @@ def test_think_switch() -> None:
     assert parse_think("on") is True and parse_think("OFF") is False
     with pytest.raises(CommandError, match="usage: /think on|off"):
         parse_think("maybe")
+
+
+def test_docs_switch() -> None:
+    assert parse_command("/docs on") == Command("docs", "on")
+    assert parse_docs("on") is True and parse_docs("Off") is False
+    with pytest.raises(CommandError, match="usage: /docs on|off"):
+        parse_docs("")

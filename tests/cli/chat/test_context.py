@@ -42,3 +42,29 @@ def test_oldest_turns_leave_the_prompt_and_max_tokens_is_capped() -> None:
     assert dropped == 0 and params.max_tokens == 60 - len(ids)  # capped by the room left
     with pytest.raises(LabsError, match="too long"):
         backend(5).fit(None, [{"role": "user", "content": "word " * 10}], SamplingParams())
+
+
+class FakeDocuments:
+    def search(self, model: object, question: str) -> list[str]:
+        return ["hit"]
+
+    def messages(self, question: str, hits: list[str], context_tokens: int, answer_tokens: int) -> tuple[list, list]:
+        self.asked = (question, hits, context_tokens, answer_tokens)
+        return ([{"role": "system", "content": "Use the sources."},
+                 {"role": "user", "content": f"Sources: [1] ...\n\nQuestion: {question}"}], [{"id": 1}])
+
+
+def test_documents_replace_the_question_and_keep_the_users_system_message() -> None:
+    local = backend(256)
+    local.settings.generation.max_new_tokens = 64
+    local.documents, local.embedding_model = FakeDocuments(), object()
+    history = [{"role": "user", "content": "a" * 30}, {"role": "assistant", "content": "b" * 30},
+               {"role": "user", "content": "Vacation?"}]
+    system, messages, sources = local.with_documents(None, history, SamplingParams(max_tokens=5))
+    assert system == "Use the sources." and sources == [{"id": 1}]
+    assert messages[:2] == history[:2]
+    assert messages[2] == {"role": "user", "content": "Sources: [1] ...\n\nQuestion: Vacation?"}
+    assert local.documents.asked == ("Vacation?", ["hit"], 256 - 60 // 3, 5)  # older messages use up context
+    system, messages, _ = local.with_documents("Be brief.", history, SamplingParams(max_tokens=None))
+    assert system == "Be brief." and len(messages) == 3
+    assert local.documents.asked[2:] == (256 - 69 // 3, 64)

@@ -7,7 +7,7 @@ import io
 from rich.console import Console
 
 from labs.cli.chat.backends import Event, LocalBackend, TurnStats
-from labs.cli.chat.render import PlainAnswer, RichAnswer, stats_line
+from labs.cli.chat.render import EMPTY_ANSWER, STILL_THINKING, PlainAnswer, RichAnswer, source_line, stats_line
 from labs.serving.reasoning import ReasoningSplitter, ReasoningTags
 
 
@@ -61,3 +61,40 @@ def test_stats_line() -> None:
     stats.finish_reason = "abort"
     assert stats_line(stats).endswith("(stopped)")
     assert "from your transactions" in stats_line(TurnStats(source="transactions", seconds=0.01))
+
+
+SOURCES = [{"id": 1, "document_id": "d1", "document": "Leave Policy", "source": "/docs/leave-policy.md", "chunk": 2,
+            "page": None, "score": 0.7123, "snippet": "25 days"}]
+
+
+def test_document_sources_are_listed_under_the_answer() -> None:
+    assert source_line(SOURCES[0]) == "[1] Leave Policy (/docs/leave-policy.md, chunk 2, score 0.71)"
+    answer = RichAnswer(Console(file=io.StringIO()), "tiny", True)
+    answer.event(Event("source", "documents", SOURCES))
+    answer.event(Event("content", "You get 25 days [1]."))
+    text = render(answer)
+    assert "from your documents" in text and text.index("25 days [1]") < text.index("[1] Leave Policy")
+    out, err = io.StringIO(), io.StringIO()
+    with PlainAnswer(out, err, think=True) as plain:
+        plain.event(Event("source", "documents", SOURCES))
+        plain.event(Event("content", "You get 25 days [1]."))
+    assert out.getvalue() == "You get 25 days [1].\n"
+    assert err.getvalue() == ("sources from your documents:\n"
+                              "  [1] Leave Policy (/docs/leave-policy.md, chunk 2, score 0.71)\n")
+
+
+def test_an_answer_that_never_left_the_thinking_says_so() -> None:
+    for think in (True, False):
+        answer = RichAnswer(Console(file=io.StringIO()), "tiny", think)
+        answer.event(Event("reasoning", "pondering"))
+        assert STILL_THINKING not in render(answer)  # still streaming
+        answer.done = True
+        text = render(answer)
+        assert STILL_THINKING in text and ("pondering" in text) is think
+    answer = RichAnswer(Console(file=io.StringIO()), "tiny", True)
+    answer.done = True
+    assert EMPTY_ANSWER in render(answer)
+    out, err = io.StringIO(), io.StringIO()
+    with PlainAnswer(out, err, think=False) as plain:
+        plain.event(Event("reasoning", "hmm"))
+    assert out.getvalue() == "" and err.getvalue() == f"note: {STILL_THINKING}\n"

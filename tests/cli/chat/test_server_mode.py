@@ -34,3 +34,38 @@ def test_chat_through_a_live_server(tiny_model_dir: Path, labs_cache_dir: Path, 
         server.wait_idle()
     finally:
         server.stop()
+
+
+def test_documents_through_a_live_server(tiny_model_dir: Path, labs_cache_dir: Path, tmp_path: Path,
+                                         chat_env: dict[str, str]) -> None:
+    """/docs on sends use_rag; the server's first chunk carries the sources, shown under the answer."""
+    import shutil
+    import subprocess
+
+    from tests.cli.chat.conftest import LABS_GEN
+    from tests.cli.chat.test_documents import CORPUS, QUESTION
+
+    index = tmp_path / "index"
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for name in ("leave-policy.md", "remote-work.txt"):
+        shutil.copy(CORPUS / name, folder / name)
+    ingest = subprocess.run([LABS_GEN, "rag", "ingest", str(folder)], env={**chat_env, "LABS_QDRANT_PATH": str(index)},
+                            capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert ingest.returncode == 0, ingest.stderr
+    settings = write_settings(tmp_path / "server", LABS_MODEL=str(tiny_model_dir), LABS_CACHE_DIR=str(labs_cache_dir),
+                              LABS_KV_CACHE_MEMORY="64MiB", LABS_QDRANT_PATH=str(index))
+    server = start_server(settings)
+    try:
+        lines = ["/set max_tokens 5", "/docs on", QUESTION, "/docs off", "Hello", "/stats", "/exit"]
+        result = run_piped(["chat", "--server", server.url], lines, chat_env)
+        assert result.returncode == 0, result.stderr
+        err = result.stderr
+        assert err.count("sources from your documents:") == 1
+        first = err.split("sources from your documents:\n", 1)[1].splitlines()[0]
+        assert first.startswith("  [1] ") and "leave-policy.md" in first and ", score 0." in first
+        assert err.count(" tokens, first token ") == 2
+        assert "from your documents | 1" in result.stdout
+        server.wait_idle()
+    finally:
+        server.stop()
