@@ -14,7 +14,7 @@ PROMPT = "you>"
 
 
 def spawn(args: list[str], env: dict[str, str], dimensions: tuple[int, int] = (40, 120)) -> pexpect.spawn:
-    child = pexpect.spawn(LABS_GEN, args, env=env, encoding="utf-8", dimensions=dimensions, timeout=120,
+    child = pexpect.spawn(LABS_GEN, args, env=env, encoding="utf-8", codec_errors="replace", dimensions=dimensions, timeout=120,
                           cwd=str(Path(env["LABS_HOME"]).parent))
     child.expect(PROMPT)
     return child
@@ -66,20 +66,19 @@ def test_chat_save_quit_load_and_continue(tiny_model_dir: Path, chat_env: dict[s
     assert (Path(chat_env["LABS_HOME"]) / "chat_history").read_text().count("And then?") == 1  # prompt history file
 
 
-def test_ctrl_c_stops_the_answer_and_the_chat_goes_on(tiny_model_dir: Path, chat_env: dict[str, str]) -> None:
-    child = spawn(["chat", "--model", str(tiny_model_dir)], chat_env)
-    command(child, "/set max_tokens 220", "max_tokens = 220")
-    child.sendline("Write a very long story about a dragon.")
-    time.sleep(0.3)
+def test_ctrl_c_stops_the_answer_and_the_chat_goes_on(default_model_dir: Path, chat_env: dict[str, str]) -> None:
+    # The real model writes a long story at ~30 tokens/s: 200 tokens cannot be done before the Ctrl-C.
+    child = spawn(["chat", "--model", "smollm2-135m-instruct"], chat_env)
+    command(child, "/set max_tokens 200", "max_tokens = 200")
+    command(child, "/set temperature 0", "temperature = 0")
+    child.sendline("Write a very long story about a dragon who learns to fly.")
+    time.sleep(2.0)
     child.sendintr()
-    # Usually stopped mid-answer; the tiny random model may also have ended on EOS before it.
-    index = child.expect([r"tok/s[^\n]*\n", r"stopped", "Ctrl-C again"])
-    stopped = index == 1 or (index == 0 and "(stopped)" in child.match.group(0))
-    print("ctrl-c outcome:", "stopped" if stopped else ["finished first", "", "at the prompt"][index])
+    child.expect(r"stopped")
     child.expect(PROMPT)
     command(child, "/set max_tokens 3", "max_tokens = 3")
     command(child, "Still there?", r"tok/s")
-    command(child, "/stats", r"answers")
+    command(child, "/stats", r"stopped")
     child.sendline("/exit")
     child.expect(pexpect.EOF)
 
