@@ -119,6 +119,25 @@ def _pick(value: Any, default: Any) -> Any:
     return default if value is None else value
 
 
+def _structured_outputs(spec: dict[str, Any]) -> GuidedDecoding:
+    """vLLM's `structured_outputs` object: exactly one of json, regex, choice, grammar."""
+    given = [key for key in ("json", "regex", "choice", "grammar") if spec.get(key) is not None]
+    if len(given) != 1:
+        raise bad_request("structured_outputs must hold exactly one of json, regex, choice or grammar",
+                          param="structured_outputs")
+    key, value = given[0], spec[given[0]]
+    if key == "json":
+        return GuidedDecoding("json_schema", value if isinstance(value, str) else json.dumps(value), field="structured_outputs")
+    if key == "choice":
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+            raise bad_request("structured_outputs.choice must be a non-empty list of non-empty strings",
+                              param="structured_outputs")
+        return GuidedDecoding("choice", json.dumps(value), field="structured_outputs")
+    if not isinstance(value, str):
+        raise bad_request(f"structured_outputs.{key} must be a string", param="structured_outputs")
+    return GuidedDecoding("regex" if key == "regex" else "grammar", value, field="structured_outputs")
+
+
 def chat_logprobs(body: ChatCompletionRequest) -> int | None:
     if body.top_logprobs is not None and not body.logprobs:
         raise bad_request("top_logprobs requires logprobs to be true", param="top_logprobs")
@@ -152,9 +171,11 @@ def guided_decoding(body: SamplingFields) -> GuidedDecoding | None:
         asked.append(GuidedDecoding("choice", json.dumps(body.guided_choice), field="guided_choice"))
     if body.guided_grammar is not None:
         asked.append(GuidedDecoding("grammar", body.guided_grammar, field="guided_grammar"))
+    if body.structured_outputs is not None:
+        asked.append(_structured_outputs(body.structured_outputs))
     if len(asked) > 1:
-        raise bad_request("give at most one of response_format (json), guided_json, guided_regex, guided_choice and "
-                          "guided_grammar", param=asked[1].field)
+        raise bad_request("give at most one of response_format (json), guided_json, guided_regex, guided_choice, "
+                          "guided_grammar and structured_outputs", param=asked[1].field)
     return asked[0] if asked else None
 
 

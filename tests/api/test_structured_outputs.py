@@ -75,6 +75,10 @@ def test_guided_choice_and_regex(client: openai.OpenAI) -> None:
     regex = client.completions.create(model=MODEL, prompt="The year the Eiffel Tower opened:", max_tokens=10,
                                       temperature=0, extra_body={"guided_regex": "[0-9]{4}"})
     assert len(regex.choices[0].text) == 4 and regex.choices[0].text.isdigit()
+    newer = client.chat.completions.create(model=MODEL, max_tokens=10, temperature=0,
+                                           messages=[{"role": "user", "content": "Is Paris in France? Answer yes or no."}],
+                                           extra_body={"structured_outputs": {"choice": ["yes", "no"]}})
+    assert newer.choices[0].message.content == choice.choices[0].message.content
 
 
 def test_constrained_request_batched_with_others_leaves_them_unchanged(smol_server: LiveServer) -> None:
@@ -106,6 +110,7 @@ def test_constrained_request_batched_with_others_leaves_them_unchanged(smol_serv
     ({"guided_regex": "(unclosed"}, "guided_regex", "guided_regex"),
     ({"guided_choice": []}, "guided_choice", "non-empty"),
     ({"guided_regex": "a", "guided_choice": ["b"]}, "guided_choice", "at most one"),
+    ({"structured_outputs": {"regex": "a", "choice": ["b"]}}, "structured_outputs", "exactly one"),
 ])
 def test_invalid_constraints_are_400_before_generation(smol_server: LiveServer, body: dict, param: str, fragment: str) -> None:
     with smol_server.client() as client:
