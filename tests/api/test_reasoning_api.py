@@ -16,23 +16,6 @@ import pytest
 from tests.api.conftest import LiveServer, start_server
 
 
-@pytest.fixture(scope="module")
-def thinking_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder = tmp_path_factory.mktemp("thinking-model")
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    tokenizer.add_tokens(["<think>", "</think>"])
-    opener = "'<|im_start|>assistant\n'"  # the template holds a real newline
-    assert opener in tokenizer.chat_template
-    tokenizer.chat_template = tokenizer.chat_template.replace(opener, "'<|im_start|>assistant\n<think>\n'")
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    model.resize_token_embeddings(len(tokenizer))
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def _server(tiny_settings_factory: Any, folder: Path, **env: str) -> LiveServer:
     return start_server(tiny_settings_factory(LABS_MODEL=str(folder), LABS_PRELOAD_ON_START="true", **env))
 

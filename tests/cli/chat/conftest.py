@@ -25,24 +25,3 @@ def chat_env(tmp_path: Path, labs_cache_dir: Path) -> dict[str, str]:
 def run_piped(args: list[str], lines: list[str], env: dict[str, str], timeout: float = 240) -> subprocess.CompletedProcess[str]:
     return subprocess.run([LABS_GEN, *args], input="".join(line + "\n" for line in lines), env=env, cwd=env["LABS_HOME"].rsplit("/", 1)[0],
                           capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture(scope="session")
-def thinking_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model as a reasoning model: <think>/</think> tokens, the generation prompt opens the thinking.
-
-    The same as tests/api/test_reasoning_api.py's fixture: its output starts inside the reasoning.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder = tmp_path_factory.mktemp("thinking-model")
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    tokenizer.add_tokens(["<think>", "</think>"])
-    opener = "'<|im_start|>assistant\n'"  # the template holds a real newline
-    assert opener in tokenizer.chat_template
-    tokenizer.chat_template = tokenizer.chat_template.replace(opener, "'<|im_start|>assistant\n<think>\n'")
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    model.resize_token_embeddings(len(tokenizer))
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
