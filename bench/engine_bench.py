@@ -57,7 +57,7 @@ import serve_peer  # noqa: E402
 from machine import Floors, OtherLoad, describe_machine, measure_floors  # noqa: E402
 from workload import PREFIX_QUESTIONS, SHARED_SYSTEM_PROMPT, LoadResult, chat_messages, workload_questions  # noqa: E402
 
-SYSTEMS = ("engine", "prefix", "naive", "serve")
+SYSTEMS = ("engine", "prefix", "engine-fp32", "naive", "serve")
 console = Console() if sys.stdout.isatty() else Console(width=160)  # no wrapping in logs
 
 
@@ -77,7 +77,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke test: 8 requests x 32 tokens at concurrency 1,4")
     parser.add_argument("--only", default=",".join(SYSTEMS),
-                        help="comma-separated subset of engine,prefix,naive,serve (engine implies prefix)")
+                        help="comma-separated subset of engine,prefix,engine-fp32,naive,serve (engine implies prefix)")
     parser.add_argument("--no-prefix", action="store_true", help="skip the prefix-caching section")
     parser.add_argument("--concurrency", help="comma-separated levels (default 1,8,32; quick 1,4)")
     parser.add_argument("--requests", type=int, help="requests per level (default 64; quick 8)")
@@ -107,11 +107,13 @@ def parse_args(argv: list[str] | None = None) -> Options:
 
 # ---------------------------------------------------------------------- model and prompts
 
-def load_default_model() -> tuple[Any, Any]:
+def load_default_model(int8: bool = True) -> tuple[Any, Any]:
+    """The default model as labs loads it (int8 = the configured cpu_int8), or in its plain dtype."""
     from labs.config import load_settings
+    from labs.config.loader import CliValue
     from labs.models import load_model
 
-    settings = load_settings()
+    settings = load_settings() if int8 else load_settings({"quantization.cpu_int8": CliValue("off", "(benchmark: plain dtype)")})
     return settings, torch_thread().call(load_model, settings)
 
 
@@ -136,19 +138,19 @@ def release_memory() -> None:
 
 # ---------------------------------------------------------------------- the three systems
 
-def run_engine(loaded: Any, settings: Any, prompts: list[list[int]], opts: Options) -> list[LoadResult]:
+def run_engine(loaded: Any, settings: Any, prompts: list[list[int]], opts: Options, system: str = report.ENGINE) -> list[LoadResult]:
     from labs.engine.defaults import engine_config_from_settings
     from labs.engine.engine import Engine
 
     config = engine_config_from_settings(settings.engine)
-    console.print(f"[bold]labs engine[/] {config}")
+    console.print(f"[bold]{system}[/] ({loaded.describe()}) {config}")
     engine = Engine(loaded.model, loaded.tokenizer, loaded.context_length, config)
     results = []
     try:
         asyncio.run(engine_runs.warm_up(engine, prompts, batch=min(max(opts.concurrency), 8)))
         for c in opts.concurrency:
             meter, before = OtherLoad([os.getpid()]), engine_runs.stats_snapshot(engine)
-            result = asyncio.run(engine_runs.run_load(engine, prompts, opts.max_tokens, c))
+            result = asyncio.run(engine_runs.run_load(engine, prompts, opts.max_tokens, c, system))
             result.other_cores = meter.cores()
             result.notes.append(engine_runs.stats_note(before, engine_runs.stats_snapshot(engine), result))
             results.append(progress(result))
@@ -208,7 +210,8 @@ def run_serve(folder: Path, dtype: str, device: str, conversations: list[list[di
 
 def describe_model(loaded: Any, settings: Any, folder: Path, opts: Options) -> dict[str, str]:
     description = {"model": f"{loaded.name} ({folder.name})",
-                   "dtype": str(loaded.placement.dtype).removeprefix("torch."), "device": str(loaded.device)}
+                   "dtype": str(loaded.placement.dtype).removeprefix("torch.") + (f" ({loaded.quantization} linear layers)" if loaded.quantization else ""),
+                   "device": str(loaded.device)}
     if opts.systems & {"engine", "prefix"}:
         from labs.engine.defaults import engine_config_from_settings
 
@@ -251,19 +254,25 @@ def main(argv: list[str] | None = None) -> int:
     floors = torch_thread().call(measure_floors, loaded.model)
     results: list[LoadResult] = []
     prefix = None
-    engine_used_model = bool(opts.systems & {"engine", "prefix"})
     if "engine" in opts.systems:
         results += run_engine(loaded, settings, prompts, opts)
         release_memory()
     if "prefix" in opts.systems:
         prefix = run_prefix(loaded, settings, opts)
+    # The peers (and the fp32 engine) get a fresh, unquantized copy of the model.
+    if opts.systems & {"engine-fp32", "naive"}:
+        loaded = None
+        release_memory()
+        settings, loaded = load_default_model(int8=False)
+    if "engine-fp32" in opts.systems:
+        results += run_engine(loaded, settings, prompts, opts, report.ENGINE_FP32)
+        loaded = None
+        release_memory()
+        if "naive" in opts.systems:  # the engine swapped the model's attention: load a clean copy
+            settings, loaded = load_default_model(int8=False)
     if "naive" in opts.systems:
-        if engine_used_model:  # the engine swapped the model's attention: load a clean copy
-            loaded = None
-            release_memory()
-            settings, loaded = load_default_model()
         results += run_naive(loaded.model, loaded.tokenizer, prompts, opts)
-    device = str(loaded.device)
+    device = str(loaded.device) if loaded is not None else machine["device"]
     loaded = None
     release_memory()
     if "serve" in opts.systems:

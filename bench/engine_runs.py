@@ -35,7 +35,8 @@ async def stream_one(engine: Engine, prompt_ids: list[int], params: SamplingPara
     return timing
 
 
-async def run_load(engine: Engine, prompts: list[list[int]], max_tokens: int, concurrency: int) -> LoadResult:
+async def run_load(engine: Engine, prompts: list[list[int]], max_tokens: int, concurrency: int,
+                   system: str = "labs engine") -> LoadResult:
     semaphore = asyncio.Semaphore(concurrency)
     params = greedy(max_tokens)
 
@@ -45,7 +46,7 @@ async def run_load(engine: Engine, prompts: list[list[int]], max_tokens: int, co
 
     started = time.perf_counter()
     timings = await asyncio.gather(*(one(ids) for ids in prompts))
-    return LoadResult("labs engine", concurrency, list(timings), time.perf_counter() - started)
+    return LoadResult(system, concurrency, list(timings), time.perf_counter() - started)
 
 
 async def warm_up(engine: Engine, prompts: list[list[int]], batch: int) -> None:

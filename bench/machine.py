@@ -23,7 +23,7 @@ import torch
 
 @dataclass(frozen=True)
 class Floors:
-    dtype: torch.dtype
+    dtype: str  # what the linear layers compute in: "float32", "int8", ...
     weight_bytes: int
     parameters: int
     bandwidth_gb_s: float  # best of a large copy (read + written) and a large sum (read)
@@ -59,6 +59,17 @@ def _best_time(work: Callable[[], object], repeats: int) -> float:
     return best
 
 
+def measure_int8_gops(size: int = 1024, loops: int = 10, repeats: int = 3) -> float:
+    """Best-of giga int8 multiply-adds x 2 per second of a square `torch._int_mm` loop."""
+    a = torch.randint(-127, 127, (size, size), dtype=torch.int8)
+    b = torch.randint(-127, 127, (size, size), dtype=torch.int8).t()  # the layout Int8Linear uses
+
+    def work() -> None:
+        for _ in range(loops):
+            torch._int_mm(a, b)
+    return 2 * size**3 * loops / _best_time(work, repeats) / 1e9
+
+
 def measure_matmul_gflops(dtype: torch.dtype, size: int = 1024, loops: int = 10, repeats: int = 3) -> float:
     """Best-of GFLOP/s of a square matmul loop in `dtype`."""
     a = torch.randn(size, size).to(dtype)
@@ -73,14 +84,19 @@ def measure_matmul_gflops(dtype: torch.dtype, size: int = 1024, loops: int = 10,
 
 
 def measure_floors(model: Any) -> Floors:
-    params = {p.data_ptr(): p for p in model.parameters()}.values()  # tied weights count once
-    dtype = next(iter(params)).dtype
+    """Floors for the model as the engine runs it: int8 layers keep their weights in buffers,
+    and their matmul rate is that of int8 (`torch._int_mm`)."""
+    from labs.models.int8 import Int8Linear
+
+    tensors = {t.data_ptr(): t for t in [*model.parameters(), *model.buffers()]}.values()  # tied weights count once
+    dtype = next(model.parameters()).dtype
+    int8 = any(isinstance(m, Int8Linear) for m in model.modules())
     return Floors(
-        dtype=dtype,
-        weight_bytes=sum(p.numel() * p.element_size() for p in params),
-        parameters=sum(p.numel() for p in params),
+        dtype="int8" if int8 else str(dtype).removeprefix("torch."),
+        weight_bytes=sum(t.numel() * t.element_size() for t in tensors),
+        parameters=sum(t.numel() for t in tensors),
         bandwidth_gb_s=measure_bandwidth(),
-        matmul_gflop_s=measure_matmul_gflops(dtype),
+        matmul_gflop_s=measure_int8_gops() if int8 else measure_matmul_gflops(dtype),
     )
 
 

@@ -13,6 +13,8 @@ from machine import Floors
 from workload import LoadResult
 
 ENGINE, NAIVE, SERVE = "labs engine", "naive generate", "transformers serve --cb"
+ENGINE_FP32 = "labs engine fp32"  # the same engine with cpu_int8 off: what int8 weights add
+ORDER = [ENGINE, ENGINE_FP32, NAIVE, SERVE]
 
 
 @dataclass
@@ -49,7 +51,7 @@ def results_table(results: list[LoadResult]) -> Table:
     table = Table("Throughput and latency (output tok/s = all output tokens / wall time)",
                   ["concurrency", "system", "requests", "output tokens", "wall s", "tok/s",
                    "TTFT p50 s", "TTFT p95 s", "TPOT p50 ms", "others' CPU"])
-    for r in sorted(results, key=lambda r: (r.concurrency, [ENGINE, NAIVE, SERVE].index(r.system))):
+    for r in sorted(results, key=lambda r: (r.concurrency, ORDER.index(r.system))):
         table.rows.append([str(r.concurrency), r.system, str(len(r.timings)), f"{r.output_tokens:,}", num(r.wall_s),
                            num(r.tokens_per_s), num(r.ttft_p50, 3), num(r.ttft_p95, 3), num(r.tpot_p50 * 1000),
                            num(r.other_cores, 2)])
@@ -81,7 +83,7 @@ def floors_table(floors: Floors, results: list[LoadResult]) -> Table:
     engine = sorted((r for r in results if r.system == ENGINE), key=lambda r: r.concurrency)
     single = next((r for r in engine if r.concurrency == 1), None)
     best = max(engine, key=lambda r: r.tokens_per_s, default=None)
-    table = Table(f"Floors for this machine ({str(floors.dtype).removeprefix('torch.')} weights)",
+    table = Table(f"Floors for this machine ({floors.dtype} weights)",
                   ["floor", "how", "tok/s", "engine reaches"])
     table.rows.append([
         "single stream", f"{floors.weight_bytes / 1e6:,.0f} MB of weights ÷ {floors.bandwidth_gb_s:.1f} GB/s memory bandwidth",
@@ -89,7 +91,7 @@ def floors_table(floors: Floors, results: list[LoadResult]) -> Table:
         f"{single.tokens_per_s / floors.single_stream_tok_s:.0%} at c=1" if single else "—",
     ])
     table.rows.append([
-        "batch", f"{floors.matmul_gflop_s:,.0f} GFLOP/s (1024² matmul) ÷ (2 × {floors.parameters / 1e6:,.1f} M parameters)",
+        "batch", f"{floors.matmul_gflop_s:,.0f} G{'OP' if floors.dtype == 'int8' else 'FLOP'}/s (1024² {floors.dtype} matmul) ÷ (2 × {floors.parameters / 1e6:,.1f} M parameters)",
         num(floors.batch_tok_s, 0),
         f"{best.tokens_per_s / floors.batch_tok_s:.0%} at c={best.concurrency}" if best else "—",
     ])

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from labs.engine.decode_buffer import DenseDecodeRows
+
 ATTENTION_NAME = "labs_paged"
 
 
@@ -52,7 +54,7 @@ class PagedBatch:
     key_cache: list[torch.Tensor]  # per layer [kv_heads, num_slots, head_dim]
     value_cache: list[torch.Tensor]
     slot_mapping: torch.Tensor  # [T] where each new token's key/value goes
-    decode: DecodeRows | None = None
+    decode: DecodeRows | DenseDecodeRows | None = None
     prefills: list[PrefillChunk] = field(default_factory=list)
 
 
@@ -76,19 +78,34 @@ def paged_attention_forward(
     """
     if labs_batch is None:
         raise RuntimeError("the labs_paged attention runs only inside the labs engine (labs_batch missing)")
-    layer = module.layer_idx
-    key_cache, value_cache = labs_batch.key_cache[layer], labs_batch.value_cache[layer]
     # [1, heads, T, D] -> [T, heads, D]
-    q = query[0].transpose(0, 1)
-    key_cache.index_copy_(1, labs_batch.slot_mapping, key[0].to(key_cache.dtype))
-    value_cache.index_copy_(1, labs_batch.slot_mapping, value[0].to(value_cache.dtype))
-    scale = scaling if scaling is not None else q.shape[-1] ** -0.5
-    out = torch.empty_like(q)
-    if labs_batch.decode is not None:
-        out[:labs_batch.decode.count] = _decode_attention(q, key_cache, value_cache, labs_batch.decode, scale, sliding_window, softcap)
-    for chunk in labs_batch.prefills:
-        out[chunk.start:chunk.end] = _prefill_attention(q[chunk.start:chunk.end], key_cache, value_cache, chunk, scale, sliding_window, softcap)
+    out = paged_attention(module.layer_idx, query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1),
+                          labs_batch, scaling, sliding_window, softcap)
     return out.unsqueeze(0), None
+
+
+def paged_attention(layer: int, q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, batch: PagedBatch,
+                    scaling: float | None = None, sliding_window: int | None = None, softcap: float | None = None) -> torch.Tensor:
+    """Store the step's keys/values of `layer` in the cache and attend: q [T, heads, D], key and
+    value [T, kv_heads, D] (any strides) -> [T, heads, D]."""
+    key_cache, value_cache = batch.key_cache[layer], batch.value_cache[layer]
+    key_cache.index_copy_(1, batch.slot_mapping, key.transpose(0, 1).to(key_cache.dtype))
+    value_cache.index_copy_(1, batch.slot_mapping, value.transpose(0, 1).to(value_cache.dtype))
+    scale = scaling if scaling is not None else q.shape[-1] ** -0.5
+    decode = batch.decode
+    decoded = None
+    if isinstance(decode, DenseDecodeRows):
+        decoded = _dense_decode_attention(q, key, value, layer, decode, scale, sliding_window, softcap)
+    elif decode is not None:
+        decoded = _decode_attention(q, key_cache, value_cache, decode, scale, sliding_window, softcap)
+    if not batch.prefills:
+        return decoded
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    if decoded is not None:
+        out[:decode.count] = decoded
+    for chunk in batch.prefills:
+        out[chunk.start:chunk.end] = _prefill_attention(q[chunk.start:chunk.end], key_cache, value_cache, chunk, scale, sliding_window, softcap)
+    return out
 
 
 def _decode_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, decode: DecodeRows, scale: float,
@@ -109,7 +126,7 @@ def _decode_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: tor
     values = value_cache.view(-1, width).index_select(0, decode.block_tables)
     keys = keys.view(kv_heads * rows, -1, head_dim)  # [kvh * B, L, D]
     values = values.view(kv_heads * rows, -1, head_dim)
-    queries = q[:rows].view(rows, kv_heads, group, head_dim).transpose(0, 1).reshape(kv_heads * rows, group, head_dim)
+    queries = q[:rows].reshape(rows, kv_heads, group, head_dim).transpose(0, 1).reshape(kv_heads * rows, group, head_dim)
     scores = torch.bmm(queries.to(keys.dtype), keys.transpose(1, 2))  # [kvh * B, group, L]
     scores = scores.view(kv_heads, rows, group, -1).mul_(scale)
     if softcap is not None:
@@ -122,6 +139,35 @@ def _decode_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: tor
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(values.dtype).view(kv_heads * rows, group, -1)
     out = torch.bmm(probs, values).view(kv_heads, rows, group, head_dim)
     return out.transpose(0, 1).reshape(rows, heads, head_dim).to(q.dtype)
+
+
+def _dense_decode_attention(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layer: int, decode: DenseDecodeRows,
+                            scale: float, sliding_window: int | None, softcap: float | None) -> torch.Tensor:
+    """One query token per sequence against its row of the decode buffer, read in place.
+
+    Rows [0, count) of the [rows, kv_heads, capacity, head_dim] buffer, cut to the longest
+    context, are one batched matmul over (sequence, kv head) with no copy.
+    """
+    rows, length = decode.count, decode.length
+    keys, values = decode.keys[layer], decode.values[layer]
+    _, kv_heads, _, head_dim = keys.shape
+    heads = q.shape[1]
+    group = heads // kv_heads
+    keys.view(-1, head_dim).index_copy_(0, decode.write_index, key[:rows].reshape(-1, head_dim).to(keys.dtype))
+    values.view(-1, head_dim).index_copy_(0, decode.write_index, value[:rows].reshape(-1, head_dim).to(values.dtype))
+    keys = keys[:rows, :, :length].view(rows * kv_heads, length, head_dim)
+    values = values[:rows, :, :length].view(rows * kv_heads, length, head_dim)
+    queries = q[:rows].reshape(rows * kv_heads, group, head_dim)
+    scores = torch.bmm(queries.to(keys.dtype), keys.transpose(1, 2)).view(rows, kv_heads, group, length).mul_(scale)
+    if softcap is not None:
+        scores = torch.tanh(scores.div_(softcap)).mul_(softcap)
+    masked = decode.padding
+    if sliding_window is not None:
+        positions = torch.arange(length, device=scores.device)
+        masked = masked | (positions <= decode.lengths - 1 - sliding_window)
+    scores.masked_fill_(masked, float("-inf"))
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(values.dtype).view(rows * kv_heads, group, length)
+    return torch.bmm(probs, values).view(rows, heads, head_dim).to(q.dtype)
 
 
 def _prefill_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, chunk: PrefillChunk, scale: float,

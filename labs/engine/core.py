@@ -38,6 +38,8 @@ class EngineConfig:
     max_batched_tokens: int = 512  # tokens per forward (decode tokens + prefill chunks)
     max_queue: int = 256  # waiting requests before add_request refuses
     enable_prefix_caching: bool = True
+    fused_forward: bool = True  # the lean Llama-family forward where it applies (labs.engine.fused_llama)
+    decode_buffer: float = 0.25  # share of the KV budget for the dense decode buffer (labs.engine.decode_buffer); 0: off
 
 
 @dataclass
@@ -68,6 +70,10 @@ class EngineCore:
         self.model = model
         device = next(model.parameters()).device
         budget = budget_bytes(self.config.kv_cache_memory, device)
+        if not 0.0 <= self.config.decode_buffer < 1.0:
+            raise EngineRequestError(f"decode_buffer must be a share of the KV cache memory in [0, 1), got {self.config.decode_buffer}")
+        buffer_bytes = int(budget * self.config.decode_buffer)
+        budget -= buffer_bytes  # the pages and the dense decode buffer share the one budget
         num_blocks = num_blocks_for_budget(shape, self.config.block_size, budget)
         if num_blocks < 2:
             raise EngineRequestError(
@@ -76,11 +82,11 @@ class EngineCore:
             )
         self.allocator = BlockAllocator(num_blocks, self.config.block_size, self.config.enable_prefix_caching)
         self.cache = KVCache(shape, num_blocks, self.config.block_size, device)
-        self.runner = ModelRunner(model, self.cache, self.allocator)
+        self.runner = ModelRunner(model, self.cache, self.allocator, self.config.fused_forward, buffer_bytes, self.config.max_num_seqs)
         self.scheduler = Scheduler(self.allocator, self.config.max_num_seqs, self.config.max_batched_tokens)
         self.sampler = Sampler()
         self.eos_ids = eos_token_ids(model, tokenizer)
-        self.vocab_size = model.get_output_embeddings().weight.shape[0]
+        self.vocab_size = model.get_output_embeddings().out_features
         self.guide = Guide(tokenizer, self.vocab_size)
         self.stats = EngineStats(kv_cache_blocks_total=num_blocks)
         self._requests: dict[str, list[Sequence]] = {}
@@ -173,6 +179,8 @@ class EngineCore:
         scheduled = self.scheduler.schedule()
         self.stats.preemptions_total += len(scheduled.preempted)
         if scheduled.empty:
+            if not self.scheduler.running:
+                self.runner.release_idle()
             return
         self.stats.steps_total += 1
         try:

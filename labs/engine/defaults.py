@@ -29,4 +29,6 @@ def engine_config_from_settings(engine: SimpleNamespace, kv_cache_memory: str | 
         max_batched_tokens=engine.max_batched_tokens,
         max_queue=engine.max_queue,
         enable_prefix_caching=engine.prefix_caching,
+        fused_forward=engine.fused_forward,
+        decode_buffer=engine.decode_buffer,
     )

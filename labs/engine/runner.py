@@ -6,6 +6,7 @@ row with per-token positions; logits are computed only for the rows that are sam
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,10 +14,14 @@ import numpy as np
 import torch
 
 from labs.engine.attention import DecodeRows, PagedBatch, PrefillChunk
+from labs.engine.decode_buffer import DecodeBuffer
+from labs.engine.fused_llama import FusedLlamaForward, supports
 from labs.engine.kv_blocks import BlockAllocator
 from labs.engine.kv_cache import KVCache
 from labs.engine.scheduler import SchedulerOutput
 from labs.engine.sequence import Sequence
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -26,12 +31,24 @@ class StepLogits:
 
 
 class ModelRunner:
-    def __init__(self, model: Any, cache: KVCache, allocator: BlockAllocator) -> None:
+    """Runs the fused Llama-family forward where it applies (and `fused` allows), else the
+    model's own Hugging Face forward through the registered paged attention."""
+
+    def __init__(self, model: Any, cache: KVCache, allocator: BlockAllocator, fused: bool = True,
+                 decode_buffer_bytes: int = 0, max_rows: int = 128) -> None:
         self.model = model
         self.cache = cache
         self.allocator = allocator
         self.device = next(model.parameters()).device
         self.block_size = cache.block_size
+        self.buffer = DecodeBuffer(cache.shape, decode_buffer_bytes, max_rows, self.device) if decode_buffer_bytes else None
+        self.fused: FusedLlamaForward | None = None
+        if fused:
+            reason = supports(model)
+            if reason is None:
+                self.fused = FusedLlamaForward(model)
+            else:
+                logger.info("running the model's own forward: the fused forward does not cover %s", reason)
 
     @torch.inference_mode()
     def run(self, scheduled: SchedulerOutput) -> StepLogits:
@@ -40,13 +57,25 @@ class ModelRunner:
         slots: list[int] = []
         sample_rows: list[int] = []
         sampled: list[Sequence] = []
-        for seq, slot in zip(scheduled.decodes, scheduled.decode_slots):
+        decodes = scheduled.decodes
+        in_buffer = self.buffer.prepare(decodes, self._fill_row) if self.buffer is not None and decodes else None
+        if in_buffer is not None:
+            slot_of = {seq.seq_id: slot for seq, slot in zip(decodes, scheduled.decode_slots)}
+            decode_slots = [slot_of[seq.seq_id] for seq in in_buffer]
+            decodes = in_buffer
+        else:
+            decode_slots = scheduled.decode_slots
+        for seq, slot in zip(decodes, decode_slots):
             sample_rows.append(len(tokens))
             sampled.append(seq)
             tokens.append(seq.output_token_ids[-1])
             positions.append(seq.num_tokens - 1)
             slots.append(slot)
-        decode = self._decode_rows(scheduled.decodes) if scheduled.decodes else None  # rows [0, len(decodes))
+        decode = None  # rows [0, len(decodes)) of the packed batch
+        if in_buffer is not None:
+            decode = self.buffer.rows(decodes)
+        elif decodes:
+            decode = self._decode_rows(decodes)
         prefills: list[PrefillChunk] = []
         for item in scheduled.prefills:
             start, end = item.start, item.start + item.length
@@ -67,13 +96,29 @@ class ModelRunner:
             decode=decode,
             prefills=prefills,
         )
-        input_ids = torch.tensor([tokens], dtype=torch.long, device=self.device)
-        position_ids = torch.tensor([positions], dtype=torch.long, device=self.device)
+        input_ids = torch.tensor(tokens, dtype=torch.long, device=self.device)
+        position_ids = torch.tensor(positions, dtype=torch.long, device=self.device)
         # Logits only for sampled rows; a step that samples nothing (a middle prefill chunk)
         # still keeps one row, which costs less than a second forward signature.
         keep = torch.tensor(sample_rows or [len(tokens) - 1], dtype=torch.long, device=self.device)
-        output = self.model(input_ids=input_ids, position_ids=position_ids, use_cache=False, labs_batch=batch, logits_to_keep=keep)
-        return StepLogits(sampled, output.logits[0, :len(sampled)].float())
+        if self.fused is not None:
+            logits = self.fused(input_ids, position_ids, batch, keep)
+        else:
+            output = self.model(input_ids=input_ids[None], position_ids=position_ids[None], use_cache=False, labs_batch=batch, logits_to_keep=keep)
+            logits = output.logits[0]
+        return StepLogits(sampled, logits[:len(sampled)].float())
+
+    def release_idle(self) -> None:
+        """Nothing is running: give back the decode buffer's memory."""
+        if self.buffer is not None:
+            self.buffer.release()
+
+    def _fill_row(self, seq: Sequence, row: int, tokens: int) -> None:
+        """Copy a sequence's first `tokens` keys/values from its pages into its buffer row."""
+        slots = torch.tensor(self.allocator.slot_mapping(seq.seq_id, 0, tokens), dtype=torch.long, device=self.device)
+        for layer in range(self.cache.shape.num_layers):
+            self.buffer.keys[layer][row, :, :tokens].copy_(self.cache.key[layer].index_select(1, slots))
+            self.buffer.values[layer][row, :, :tokens].copy_(self.cache.value[layer].index_select(1, slots))
 
     def _decode_rows(self, seqs: list[Sequence]) -> DecodeRows:
         """Block tables of the decoding sequences, padded to the longest, and the padding mask."""

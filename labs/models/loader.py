@@ -13,7 +13,8 @@ from labs.config import Settings
 from labs.errors import ModelLoadError
 from labs.models.device import Placement, dtype_name, resolve_placement
 from labs.models.gguf_cache import Progress, ensure_converted
-from labs.models.quantization import build_quantization_config
+from labs.models.int8 import quantize_linears_int8
+from labs.models.quantization import build_quantization_config, use_cpu_int8
 from labs.models.resolve import ModelSource, resolve_model
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ def load_model(settings: Settings, model: str | None = None, progress: Progress 
         settings.generation.device_map, settings.generation.torch_dtype, settings.sources["generation.device_map"]
     )
     quantization_config = build_quantization_config(settings.quantization, placement.device)
+    int8 = use_cpu_int8(settings.quantization, placement.device, settings.sources["quantization.cpu_int8"])
     folder = source.path
     if source.kind == "gguf":
         folder = ensure_converted(source.path, settings.paths.cache_dir, progress)
@@ -94,6 +96,9 @@ def load_model(settings: Settings, model: str | None = None, progress: Progress 
     if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
         tokenizer.pad_token = tokenizer.eos_token
     quant = "4-bit" if settings.quantization.load_in_4bit else "8-bit" if settings.quantization.load_in_8bit else None
+    if int8:
+        quantize_linears_int8(weights)
+        quant = "int8"
     loaded = LoadedModel(source.name, source, weights, tokenizer, placement, quant, time.perf_counter() - started, import_seconds)
     logger.info("loaded %s in %.1f s (after %.1f s importing modeling code)", loaded.describe(), loaded.load_seconds, import_seconds)
     return loaded

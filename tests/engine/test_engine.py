@@ -235,7 +235,7 @@ def test_request_errors_are_clear(tiny) -> None:  # noqa: ANN001
         core.validate([], SamplingParams())
     with pytest.raises(EngineRequestError, match=r"token id 999999 is outside the model's vocabulary"):
         core.validate([999999], SamplingParams())
-    small = tiny_core(tiny, kv_cache_memory=4 * BLOCK_BYTES_TINY)
+    small = tiny_core(tiny, kv_cache_memory=4 * BLOCK_BYTES_TINY, decode_buffer=0.0)  # all of it for pages
     with pytest.raises(EngineRequestError, match=r"needs 110 tokens of KV cache but the cache holds 64"):
         small.validate([5] * 10, SamplingParams(max_tokens=100))
     assert small.validate([5] * 10, SamplingParams()) == 54  # unset max_tokens: as much as fits

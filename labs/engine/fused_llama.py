@@ -1,0 +1,176 @@
+"""A lean forward for Llama-family models (Llama, Mistral, Qwen2, SmolLM): the same math as the
+Hugging Face code with a fraction of its operations.
+
+Why: on CPU a decode step of a small model is dominated by per-operation overhead, not by
+arithmetic: the HF forward spends ~120 tensor operations and a dozen Python modules per layer.
+This path fuses q/k/v and gate/up into one matmul each (views of the model's own weights, so no
+memory is duplicated), applies rotary embeddings to queries and keys in one pass, computes the
+norm and the output head only for the rows that are sampled, and calls the paged attention
+directly. It is used only when `supports()` says the model's layout is exactly the one it
+implements; everything else runs the model's own forward (`fused_forward = false` forces that).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from labs.engine.attention import PagedBatch, paged_attention
+from labs.models.int8 import Int8Linear, int8_matmul
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+
+
+class FusedLinear:
+    """Several linear layers that read the same input, run as one matmul (fp or int8 weights)."""
+
+    def __init__(self, layers: list[nn.Module]) -> None:
+        self.int8 = isinstance(layers[0], Int8Linear)
+        if any(isinstance(layer, Int8Linear) != self.int8 for layer in layers):
+            raise ValueError("cannot fuse int8 and floating-point linear layers")
+        self.sizes = [layer.out_features for layer in layers]
+        if self.int8:
+            self.weight = _fuse_and_share(layers, "qweight")
+            self.weight_scale = _fuse_and_share(layers, "weight_scale")
+        else:
+            self.weight = _fuse_and_share(layers, "weight")
+        biases = [layer.bias for layer in layers]
+        if all(bias is None for bias in biases):
+            self.bias = None
+        else:
+            self.bias = torch.cat([
+                bias.detach() if bias is not None else torch.zeros(size, dtype=self.weight.dtype if not self.int8 else torch.float32, device=self.weight.device)
+                for bias, size in zip(biases, self.sizes)
+            ])
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.int8:
+            out = int8_matmul(x.float(), self.weight.t(), self.weight_scale)
+            return (out if self.bias is None else out.add_(self.bias)).to(x.dtype)
+        return F.linear(x, self.weight, self.bias)
+
+
+def _fuse_and_share(layers: list[nn.Module], attribute: str) -> torch.Tensor:
+    """Concatenate one tensor of each layer along the output dimension, then point every layer
+    at its slice of the result, so the fused and the separate layers share memory."""
+    parts = [getattr(layer, attribute) for layer in layers]
+    if len(parts) == 1:
+        return parts[0].detach()
+    fused = torch.cat([part.detach() for part in parts])
+    start = 0
+    for layer, part in zip(layers, parts):
+        view = fused[start:start + part.shape[0]]
+        start += part.shape[0]
+        if isinstance(part, nn.Parameter):
+            setattr(layer, attribute, nn.Parameter(view, requires_grad=False))
+        else:
+            layer.register_buffer(attribute, view)
+    return fused
+
+
+@dataclass
+class _Layer:
+    index: int
+    input_norm: torch.Tensor
+    post_norm: torch.Tensor
+    qkv: FusedLinear
+    o: FusedLinear
+    gate_up: FusedLinear
+    down: FusedLinear
+    scale: float
+
+
+def supports(model: Any) -> str | None:
+    """None when the fused forward implements this model exactly, else why not."""
+    config = model.config
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        return f"architecture {model_type!r} (fused forward covers {', '.join(SUPPORTED_MODEL_TYPES)})"
+    if getattr(config, "hidden_act", "silu") != "silu":
+        return f"activation {config.hidden_act!r}"
+    if getattr(config, "mlp_bias", False):
+        return "MLP bias"
+    window = getattr(config, "sliding_window", None)
+    if window is not None and (getattr(config, "use_sliding_window", True) is not False):
+        return "sliding-window attention"
+    inner = getattr(model, "model", None)
+    if inner is None or not hasattr(inner, "layers") or not hasattr(inner, "rotary_emb") or not hasattr(inner, "embed_tokens"):
+        return "unexpected module layout"
+    for layer in inner.layers:
+        attention, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+        if attention is None or mlp is None or not all(hasattr(attention, name) for name in ("q_proj", "k_proj", "v_proj", "o_proj")):
+            return "unexpected attention layout"
+        if not all(hasattr(mlp, name) for name in ("gate_proj", "up_proj", "down_proj")):
+            return "unexpected MLP layout"
+        if hasattr(attention, "q_norm") or hasattr(attention, "k_norm"):
+            return "query/key norms"
+    return None
+
+
+class FusedLlamaForward:
+    """`forward(input_ids [T], position_ids [T], batch, keep) -> logits [len(keep), vocab]` in fp32."""
+
+    def __init__(self, model: Any) -> None:
+        reason = supports(model)
+        if reason is not None:
+            raise ValueError(f"the fused forward does not support this model: {reason}")
+        config = model.config
+        inner = model.model
+        self.embed = inner.embed_tokens
+        self.rotary = inner.rotary_emb
+        self.final_norm = inner.norm.weight
+        self.eps = float(getattr(config, "rms_norm_eps", 1e-6))
+        self.head = FusedLinear([model.get_output_embeddings()])
+        self.heads = config.num_attention_heads
+        self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.layers = []
+        for index, layer in enumerate(inner.layers):
+            attention, mlp = layer.self_attn, layer.mlp
+            self.layers.append(_Layer(
+                index=index,
+                input_norm=layer.input_layernorm.weight,
+                post_norm=layer.post_attention_layernorm.weight,
+                qkv=FusedLinear([attention.q_proj, attention.k_proj, attention.v_proj]),
+                o=FusedLinear([attention.o_proj]),
+                gate_up=FusedLinear([mlp.gate_proj, mlp.up_proj]),
+                down=FusedLinear([mlp.down_proj]),
+                scale=float(getattr(attention, "scaling", self.head_dim ** -0.5)),
+            ))
+        logger.info("fused forward for %s (%d layers%s)", config.model_type, len(self.layers), ", int8" if self.head.int8 else "")
+
+    def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """RMSNorm as the HF code computes it (F.rms_norm is ~10x slower for prefill-sized inputs on CPU)."""
+        variance = x.pow(2).mean(-1, keepdim=True).add_(self.eps)
+        return (x * torch.rsqrt(variance)).mul_(weight)
+
+    @torch.inference_mode()
+    def __call__(self, input_ids: torch.Tensor, position_ids: torch.Tensor, batch: PagedBatch, keep: torch.Tensor) -> torch.Tensor:
+        hidden = self.embed(input_ids)  # [T, hidden]
+        tokens = hidden.shape[0]
+        cos, sin = self.rotary(hidden, position_ids[None, :])
+        half = self.head_dim // 2
+        cos = cos[0, :, None, :]  # [T, 1, D]
+        sin = sin[0, :, None, :]
+        # rotate_half(x) * sin == roll(x, half) * sin with the first half's sign flipped
+        sin_signed = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+        q_width, kv_width = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        for layer in self.layers:
+            qkv = layer.qkv(self._norm(hidden, layer.input_norm))
+            qk = qkv[:, :q_width + kv_width].view(tokens, self.heads + self.kv_heads, self.head_dim)
+            qk = torch.addcmul(qk * cos, torch.roll(qk, half, dims=-1), sin_signed)
+            value = qkv[:, q_width + kv_width:].view(tokens, self.kv_heads, self.head_dim)
+            attended = paged_attention(layer.index, qk[:, :self.heads], qk[:, self.heads:], value, batch, layer.scale)
+            hidden = hidden + layer.o(attended.reshape(tokens, q_width))
+            gate_up = layer.gate_up(self._norm(hidden, layer.post_norm))
+            gate, up = gate_up.split(layer.gate_up.sizes, dim=-1)
+            hidden = hidden + layer.down(F.silu(gate).mul_(up))
+        kept = self._norm(hidden.index_select(0, keep), self.final_norm)
+        return self.head(kept).float()
