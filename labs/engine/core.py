@@ -179,8 +179,6 @@ class EngineCore:
         scheduled = self.scheduler.schedule()
         self.stats.preemptions_total += len(scheduled.preempted)
         if scheduled.empty:
-            if not self.scheduler.running:
-                self.runner.release_idle()
             return
         self.stats.steps_total += 1
         try:
@@ -194,6 +192,8 @@ class EngineCore:
             for seq in affected:
                 if seq.status is not Status.FINISHED:
                     self._fail_request(seq.request_id, message)
+        if not self.scheduler.running:
+            self.runner.release_idle()  # nothing decoding: the decode buffer's memory goes back
 
     def _advance_computed(self, scheduled: SchedulerOutput) -> None:
         for seq in scheduled.decodes:
@@ -218,9 +218,13 @@ class EngineCore:
                 row_logits = logits.clone()  # the runner's buffer may be reused
             self.guide.mask_logits(row_logits, guided)
         states = [RowState(s.params, s.prompt_token_ids, s.output_token_ids, s.generator, self.eos_ids) for s in rows]
+        invalid = torch.isnan(row_logits).any(dim=-1).tolist()  # a broken row must fail, not emit a token
         result = self.sampler(row_logits, states)
         now = time.perf_counter()
         for i, seq in enumerate(rows):
+            if invalid[i]:
+                self._fail_request(seq.request_id, "the model produced invalid (NaN) scores for this request; its output was stopped")
+                continue
             self._accept_token(seq, result.token_ids[i], now,
                                None if result.logprobs is None else result.logprobs[i],
                                None if result.top_logprobs is None else result.top_logprobs[i])

@@ -6,8 +6,9 @@ itself (at 32 sequences, ~11 of a ~65 ms step). Here each decoding sequence owns
 [rows, kv_heads, capacity, head_dim] tensor per layer, filled once from its pages when it starts
 decoding and then extended by one token per step, so the attention reads rows [0, B) in place as
 a batched matmul. The paged cache stays the source of truth (prefix caching, preemption); the
-buffer is a cache of it, bounded by its own share of the KV memory budget. When the running
-sequences do not fit in that share, the step falls back to gathering pages.
+buffer is a cache of it, bounded by its own share of the KV memory budget (a resize briefly
+holds the old and the new tensors). When the running sequences do not fit in that share, the
+step falls back to gathering pages.
 """
 
 from __future__ import annotations
@@ -72,21 +73,22 @@ class DecodeBuffer:
         """Give exactly `seqs` (decoding this step) a row each, holding every position before
         their newest token; returns them in row order, or None (buffer released) when they do
         not fit in the memory share."""
-        rows_needed = _round_up(len(seqs), ROW_STEP)
-        length_needed = _round_up(max(seq.num_tokens for seq in seqs), LENGTH_STEP)
-        rows_needed = min(max(rows_needed, self.row_capacity), max(self.max_rows, len(seqs)))
-        length_needed = max(length_needed, self.length_capacity)
-        if self.bytes_for(rows_needed, length_needed) > self.max_bytes:
-            if self.keys:
-                logger.debug("decode buffer: %d sequences x %d positions exceed its %d MiB; gathering pages instead",
-                             len(seqs), length_needed, self.max_bytes // 2**20)
-                self.release()
-            return None
+        longest = _round_up(max(seq.num_tokens for seq in seqs), LENGTH_STEP)
+        rows = max(min(_round_up(len(seqs), ROW_STEP), max(self.max_rows, len(seqs))), self.row_capacity)
+        length = max(longest, self.length_capacity)
+        if self.bytes_for(rows, length) > self.max_bytes:  # without spare capacity, then?
+            rows, length = len(seqs), longest
+            if self.bytes_for(rows, length) > self.max_bytes:
+                if self.keys:
+                    logger.debug("decode buffer: %d sequences x %d positions exceed its %d MiB; gathering pages instead",
+                                 len(seqs), length, self.max_bytes // 2**20)
+                    self.release()
+                return None
         wanted = {seq.seq_id for seq in seqs}
         for row in reversed(range(len(self.seq_ids))):
             if self.seq_ids[row] not in wanted:
                 self._remove(row)
-        self._grow(rows_needed, length_needed)
+        self._resize(rows, length)
         present = {seq_id: row for row, seq_id in enumerate(self.seq_ids)}
         for seq in seqs:
             row = present.get(seq.seq_id)
@@ -130,19 +132,20 @@ class DecodeBuffer:
         self.seq_ids.pop()
         self.filled.pop()
 
-    def _grow(self, rows: int, length: int) -> None:
-        if rows <= self.row_capacity and length <= self.length_capacity:
+    def _resize(self, rows: int, length: int) -> None:
+        """Reallocate to [rows, length] (growing, or trimming spare capacity), keeping the rows in use."""
+        if rows == self.row_capacity and length == self.length_capacity:
             return
         shape = self.shape
-        used_rows, used_length = len(self.seq_ids), self.length_capacity
+        used_rows, kept = len(self.seq_ids), min(length, self.length_capacity)
         keys, values = [], []
         for layer in range(shape.num_layers):
             # zeros, not empty: masked positions get probability 0, and 0 x NaN garbage would be NaN
             k = torch.zeros(rows, shape.kv_heads, length, shape.head_dim, dtype=shape.dtype, device=self.device)
             v = torch.zeros_like(k)
             if used_rows:
-                k[:used_rows, :, :used_length].copy_(self.keys[layer][:used_rows])
-                v[:used_rows, :, :used_length].copy_(self.values[layer][:used_rows])
+                k[:used_rows, :, :kept].copy_(self.keys[layer][:used_rows, :, :kept])
+                v[:used_rows, :, :kept].copy_(self.values[layer][:used_rows, :, :kept])
             keys.append(k)
             values.append(v)
         self.keys, self.values = keys, values

@@ -21,10 +21,14 @@ def sampling_params_from_settings(generation: SimpleNamespace) -> SamplingParams
     )
 
 
-def engine_config_from_settings(engine: SimpleNamespace, kv_cache_memory: str | int | float | None = None) -> EngineConfig:
-    """`kv_cache_memory` overrides the configured budget (e.g. a one-shot CLI run sized to its request)."""
+def engine_config_from_settings(engine: SimpleNamespace, page_bytes: int | None = None) -> EngineConfig:
+    """`page_bytes` sizes the paged cache for a known workload (a one-shot CLI run, one chat)
+    instead of the configured budget; the decode buffer's share comes on top of it."""
+    memory = engine.kv_cache_memory
+    if page_bytes is not None:
+        memory = int(page_bytes / (1.0 - engine.decode_buffer)) + 1
     return EngineConfig(
-        kv_cache_memory=engine.kv_cache_memory if kv_cache_memory is None else kv_cache_memory,
+        kv_cache_memory=memory,
         max_num_seqs=engine.max_num_seqs,
         max_batched_tokens=engine.max_batched_tokens,
         max_queue=engine.max_queue,

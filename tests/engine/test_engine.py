@@ -319,3 +319,29 @@ def test_stats_count_requests_and_tokens(tiny) -> None:  # noqa: ANN001
     assert stats.prompt_tokens_total == 30 and stats.generation_tokens_total == 4 + 3 * 3
     assert stats.running == stats.waiting == 0 and stats.kv_cache_usage == 0
     assert len(stats.time_to_first_token) == 4 and len(stats.time_per_output_token) == 4
+
+
+def test_a_row_of_nan_scores_fails_only_its_request(tiny, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """A model that produces NaN for one sequence must fail that request, not emit token ids."""
+    core = tiny_core(tiny)
+    sink = Collector()
+    prompts = prompts_of_lengths([7, 9])
+    core.add_request("broken", prompts[0], SamplingParams(max_tokens=5, temperature=0), sink)
+    core.add_request("fine", prompts[1], SamplingParams(max_tokens=5, temperature=0.7, seed=1), sink)
+    original = core.runner.run
+
+    def poisoned(scheduled):  # noqa: ANN001, ANN202
+        step = original(scheduled)
+        for row, seq in enumerate(step.sequences):
+            if seq.request_id == "broken":
+                with torch.inference_mode():
+                    step.logits[row, 3] = float("nan")
+        return step
+
+    monkeypatch.setattr(core.runner, "run", poisoned)
+    run_all(core)
+    broken, fine = sink.final("broken"), sink.final("fine")
+    assert broken.finish_reason == "error" and "NaN" in broken.error
+    assert sink.tokens("broken") == []
+    assert fine.finish_reason == "length" and len(sink.tokens("fine")) == 5
+    assert_cache_empty(core)
