@@ -84,17 +84,25 @@ def measure_matmul_gflops(dtype: torch.dtype, size: int = 1024, loops: int = 10,
 
 
 def measure_floors(model: Any) -> Floors:
-    """Floors for the model as the engine runs it: int8 layers keep their weights in buffers,
-    and their matmul rate is that of int8 (`torch._int_mm`)."""
+    """Floors for the model as the engine runs it. A token reads every weight except the input
+    embedding table (it looks up one row; a tied output head still reads it all), and costs 2
+    operations per weight of the matrix products. Int8 layers keep their weights in buffers,
+    and their rate is that of int8 (`torch._int_mm`)."""
+    from torch import nn
+
     from labs.models.int8 import Int8Linear
 
-    tensors = {t.data_ptr(): t for t in [*model.parameters(), *model.buffers()]}.values()  # tied weights count once
+    modules = list(model.modules())
+    matmul = {m.weight.data_ptr(): m.weight for m in modules if isinstance(m, nn.Linear)}
+    matmul |= {m.qweight.data_ptr(): m.qweight for m in modules if isinstance(m, Int8Linear)}
+    lookups = {m.weight.data_ptr() for m in modules if isinstance(m, nn.Embedding)} - set(matmul)
+    read = {t.data_ptr(): t for t in [*model.parameters(), *model.buffers()] if t.data_ptr() not in lookups}
     dtype = next(model.parameters()).dtype
-    int8 = any(isinstance(m, Int8Linear) for m in model.modules())
+    int8 = any(isinstance(m, Int8Linear) for m in modules)
     return Floors(
         dtype="int8" if int8 else str(dtype).removeprefix("torch."),
-        weight_bytes=sum(t.numel() * t.element_size() for t in tensors),
-        parameters=sum(t.numel() for t in tensors),
+        weight_bytes=sum(t.numel() * t.element_size() for t in read.values()),
+        parameters=sum(t.numel() for t in matmul.values()),
         bandwidth_gb_s=measure_bandwidth(),
         matmul_gflop_s=measure_int8_gops() if int8 else measure_matmul_gflops(dtype),
     )

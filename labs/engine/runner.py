@@ -57,14 +57,11 @@ class ModelRunner:
         slots: list[int] = []
         sample_rows: list[int] = []
         sampled: list[Sequence] = []
-        decodes = scheduled.decodes
+        decodes, decode_slots = scheduled.decodes, scheduled.decode_slots
         in_buffer = self.buffer.prepare(decodes, self._fill_row) if self.buffer is not None and decodes else None
-        if in_buffer is not None:
-            slot_of = {seq.seq_id: slot for seq, slot in zip(decodes, scheduled.decode_slots)}
-            decode_slots = [slot_of[seq.seq_id] for seq in in_buffer]
-            decodes = in_buffer
-        else:
-            decode_slots = scheduled.decode_slots
+        if in_buffer is not None:  # decode rows follow the buffer's row order
+            slot_of = {seq.seq_id: slot for seq, slot in zip(decodes, decode_slots)}
+            decodes, decode_slots = in_buffer, [slot_of[seq.seq_id] for seq in in_buffer]
         for seq, slot in zip(decodes, decode_slots):
             sample_rows.append(len(tokens))
             sampled.append(seq)
