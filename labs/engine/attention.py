@@ -129,15 +129,8 @@ def _decode_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: tor
     queries = q[:rows].reshape(rows, kv_heads, group, head_dim).transpose(0, 1).reshape(kv_heads * rows, group, head_dim)
     scores = torch.bmm(queries.to(keys.dtype), keys.transpose(1, 2))  # [kvh * B, group, L]
     scores = scores.view(kv_heads, rows, group, -1).mul_(scale)
-    if softcap is not None:
-        scores = torch.tanh(scores.div_(softcap)).mul_(softcap)
-    masked = decode.padding
-    if sliding_window is not None:
-        positions = torch.arange(scores.shape[-1], device=scores.device)
-        masked = masked | (positions <= decode.lengths - 1 - sliding_window)
-    scores.masked_fill_(masked, float("-inf"))
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(values.dtype).view(kv_heads * rows, group, -1)
-    out = torch.bmm(probs, values).view(kv_heads, rows, group, head_dim)
+    probs = _decode_probs(scores, decode.padding, decode.lengths, sliding_window, softcap)
+    out = torch.bmm(probs.to(values.dtype).view(kv_heads * rows, group, -1), values).view(kv_heads, rows, group, head_dim)
     return out.transpose(0, 1).reshape(rows, heads, head_dim).to(q.dtype)
 
 
@@ -159,15 +152,22 @@ def _dense_decode_attention(q: torch.Tensor, key: torch.Tensor, value: torch.Ten
     values = values[:rows, :, :length].view(rows * kv_heads, length, head_dim)
     queries = q[:rows].reshape(rows * kv_heads, group, head_dim)
     scores = torch.bmm(queries.to(keys.dtype), keys.transpose(1, 2)).view(rows, kv_heads, group, length).mul_(scale)
+    probs = _decode_probs(scores, decode.padding, decode.lengths, sliding_window, softcap)
+    return torch.bmm(probs.to(values.dtype).view(rows * kv_heads, group, length), values).view(rows, heads, head_dim).to(q.dtype)
+
+
+def _decode_probs(scores: torch.Tensor, padding: torch.Tensor, lengths: torch.Tensor, sliding_window: int | None,
+                  softcap: float | None) -> torch.Tensor:
+    """Scaled decode scores (last dim = context position) -> fp32 probabilities: soft-capping,
+    then positions past each sequence's length (and outside its sliding window) masked out."""
     if softcap is not None:
         scores = torch.tanh(scores.div_(softcap)).mul_(softcap)
-    masked = decode.padding
+    masked = padding
     if sliding_window is not None:
-        positions = torch.arange(length, device=scores.device)
-        masked = masked | (positions <= decode.lengths - 1 - sliding_window)
+        positions = torch.arange(scores.shape[-1], device=scores.device)
+        masked = masked | (positions <= lengths - 1 - sliding_window)
     scores.masked_fill_(masked, float("-inf"))
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(values.dtype).view(rows * kv_heads, group, length)
-    return torch.bmm(probs, values).view(rows, heads, head_dim).to(q.dtype)
+    return torch.softmax(scores, dim=-1, dtype=torch.float32)
 
 
 def _prefill_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, chunk: PrefillChunk, scale: float,

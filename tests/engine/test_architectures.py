@@ -35,10 +35,9 @@ def build(kind: str, vocab: int) -> tuple[Any, Any]:
     return models[0], models[1]
 
 
-@pytest.mark.parametrize("kind", ["qwen2-sliding", "gemma2-softcap-sliding"])
-def test_variant_matches_generate(kind: str, tiny_model_dir: Path) -> None:
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    model, reference_model = build(kind, len(tokenizer))
+def run_against_generate(model: Any, reference_model: Any, tokenizer: Any, label: str) -> EngineCore:
+    """Three greedy requests joining one step apart (chunked prefill next to decodes) must give
+    `reference_model.generate`'s tokens; returns the drained engine."""
     core = EngineCore(model, tokenizer, 256, EngineConfig(kv_cache_memory=8 * 1024**2, max_batched_tokens=16))
     prompts = prompts_of_lengths([5, 40, 23], seed=11)  # longer than the windows, chunked prefill
     sink = Collector()
@@ -47,5 +46,13 @@ def test_variant_matches_generate(kind: str, tiny_model_dir: Path) -> None:
         core.step()
     run_all(core)
     for i, prompt in enumerate(prompts):
-        assert sink.tokens(f"r{i}") == reference(reference_model, prompt, 20), f"{kind} request {i}"
+        assert sink.tokens(f"r{i}") == reference(reference_model, prompt, 20), f"{label} request {i}"
     assert_cache_empty(core)
+    return core
+
+
+@pytest.mark.parametrize("kind", ["qwen2-sliding", "gemma2-softcap-sliding"])
+def test_variant_matches_generate(kind: str, tiny_model_dir: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model, reference_model = build(kind, len(tokenizer))
+    run_against_generate(model, reference_model, tokenizer, kind)

@@ -84,8 +84,10 @@ def prompts_of_lengths(lengths: list[int], seed: int = 0) -> list[list[int]]:
     return [torch.randint(3, 4000, (n,), generator=generator).tolist() for n in lengths]
 
 
-def test_greedy_batch_joining_at_different_steps_matches_generate(tiny, tiny_reference) -> None:  # noqa: ANN001
-    core = tiny_core(tiny, max_batched_tokens=48)  # long prompts are chunked over several steps
+@pytest.mark.parametrize("fused", [True, False])
+def test_greedy_batch_joining_at_different_steps_matches_generate(fused: bool, tiny, tiny_reference) -> None:  # noqa: ANN001
+    core = tiny_core(tiny, max_batched_tokens=48, fused_forward=fused)  # long prompts are chunked over several steps
+    assert (core.runner.fused is not None) == fused  # the fused Llama forward, or the model's own
     prompts = prompts_of_lengths([5, 90, 17, 150, 1, 33])
     sink = Collector()
     for i, prompt in enumerate(prompts):
@@ -94,7 +96,7 @@ def test_greedy_batch_joining_at_different_steps_matches_generate(tiny, tiny_ref
             core.step()
     run_all(core)
     for i, prompt in enumerate(prompts):
-        assert sink.tokens(f"r{i}") == reference(tiny_reference, prompt, 24), f"request {i}"
+        assert sink.tokens(f"r{i}") == reference(tiny_reference, prompt, 24), f"request {i} (fused={fused})"
         assert sink.final(f"r{i}").finish_reason == "length"
     assert_cache_empty(core)
 

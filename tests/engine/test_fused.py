@@ -15,7 +15,7 @@ from labs.engine.core import EngineConfig, EngineCore
 from labs.engine.fused_llama import supports
 from labs.engine.sampling import SamplingParams
 from labs.models.int8 import Int8Linear, quantize_linears_int8
-from tests.engine.test_architectures import build
+from tests.engine.test_architectures import build, run_against_generate
 from tests.engine.test_engine import (
     Collector,
     assert_cache_empty,
@@ -98,38 +98,12 @@ def test_supports_plain_llama_and_qwen2_but_not_sliding_windows_or_gemma2(tiny_r
     assert isinstance(gemma, str) and "gemma2" in gemma
 
 
-@pytest.mark.parametrize("fused", [True, False])
-def test_greedy_batch_joining_at_different_steps_matches_generate(fused: bool, tiny_model_dir: Path, tiny_reference: Any) -> None:
-    tiny = load_fp32(tiny_model_dir)
-    core = tiny_core(tiny, max_batched_tokens=48, fused_forward=fused)  # long prompts are chunked over several steps
-    assert (core.runner.fused is not None) == fused
-    prompts = prompts_of_lengths([5, 90, 17, 150, 1, 33])
-    sink = Collector()
-    for i, prompt in enumerate(prompts):
-        core.add_request(f"r{i}", prompt, SamplingParams(max_tokens=24, temperature=0, min_tokens=24), sink)
-        for _ in range(i % 3):  # later requests join while earlier ones decode
-            core.step()
-    run_all(core)
-    for i, prompt in enumerate(prompts):
-        assert sink.tokens(f"r{i}") == reference(tiny_reference, prompt, 24), f"request {i} (fused={fused})"
-    assert_cache_empty(core)
-
-
 def test_qwen2_with_qkv_bias_through_the_fused_forward_matches_generate(tiny_model_dir: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model, reference_model = plain_qwen2(len(tokenizer))
     assert model.model.layers[0].self_attn.k_proj.bias.abs().sum() > 0
-    core = EngineCore(model, tokenizer, 256, EngineConfig(kv_cache_memory=8 * 1024**2, max_batched_tokens=16))
+    core = run_against_generate(model, reference_model, tokenizer, "qwen2 with q/k/v bias")
     assert core.runner.fused is not None
-    prompts = prompts_of_lengths([5, 40, 23], seed=11)  # chunked prefill joining decodes
-    sink = Collector()
-    for i, prompt in enumerate(prompts):
-        core.add_request(f"r{i}", prompt, SamplingParams(max_tokens=20, temperature=0, min_tokens=20), sink)
-        core.step()
-    run_all(core)
-    for i, prompt in enumerate(prompts):
-        assert sink.tokens(f"r{i}") == reference(reference_model, prompt, 20), f"request {i}"
-    assert_cache_empty(core)
 
 
 @pytest.mark.parametrize("fused", [True, False])
