@@ -138,20 +138,21 @@ def _dense_decode_attention(q: torch.Tensor, key: torch.Tensor, value: torch.Ten
                             scale: float, sliding_window: int | None, softcap: float | None) -> torch.Tensor:
     """One query token per sequence against its row of the decode buffer, read in place.
 
-    Rows [0, count) of the [rows, kv_heads, capacity, head_dim] buffer, cut to the longest
-    context, are one batched matmul over (sequence, kv head) with no copy.
+    Rows [0, count) of the buffer, cut to the longest context, are one batched matmul over
+    (sequence, kv head) with no copy: keys [rows, kv_heads, head_dim, capacity] are already the
+    scores matmul's right-hand side, values [rows, kv_heads, capacity, head_dim] the output's.
     """
     rows, length = decode.count, decode.length
     keys, values = decode.keys[layer], decode.values[layer]
-    _, kv_heads, _, head_dim = keys.shape
+    _, kv_heads, head_dim, _ = keys.shape
     heads = q.shape[1]
     group = heads // kv_heads
-    keys.view(-1, head_dim).index_copy_(0, decode.write_index, key[:rows].reshape(-1, head_dim).to(keys.dtype))
-    values.view(-1, head_dim).index_copy_(0, decode.write_index, value[:rows].reshape(-1, head_dim).to(values.dtype))
-    keys = keys[:rows, :, :length].view(rows * kv_heads, length, head_dim)
+    keys.view(-1).put_(decode.key_write_index, key[:rows].reshape(-1).to(keys.dtype))
+    values.view(-1, head_dim).index_copy_(0, decode.value_write_index, value[:rows].reshape(-1, head_dim).to(values.dtype))
+    keys = keys[:rows, :, :, :length].view(rows * kv_heads, head_dim, length)
     values = values[:rows, :, :length].view(rows * kv_heads, length, head_dim)
     queries = q[:rows].reshape(rows * kv_heads, group, head_dim)
-    scores = torch.bmm(queries.to(keys.dtype), keys.transpose(1, 2)).view(rows, kv_heads, group, length).mul_(scale)
+    scores = torch.bmm(queries.to(keys.dtype), keys).view(rows, kv_heads, group, length).mul_(scale)
     probs = _decode_probs(scores, decode.padding, decode.lengths, sliding_window, softcap)
     return torch.bmm(probs.to(values.dtype).view(rows * kv_heads, group, length), values).view(rows, heads, head_dim).to(q.dtype)
 

@@ -193,7 +193,7 @@ class EngineCore:
                 if seq.status is not Status.FINISHED:
                     self._fail_request(seq.request_id, message)
         if not self.scheduler.running:
-            self.runner.release_idle()  # nothing decoding: the decode buffer's memory goes back
+            self.runner.clear_decode_rows()
 
     def _advance_computed(self, scheduled: SchedulerOutput) -> None:
         for seq in scheduled.decodes:

@@ -105,17 +105,18 @@ class ModelRunner:
             logits = output.logits[0]
         return StepLogits(sampled, logits[:len(sampled)].float())
 
-    def release_idle(self) -> None:
-        """Nothing is running: give back the decode buffer's memory."""
+    def clear_decode_rows(self) -> None:
+        """Nothing is running: the decode buffer holds no rows (its storage stays, like the pages')."""
         if self.buffer is not None:
-            self.buffer.release()
+            self.buffer.clear()
 
     def _fill_row(self, seq: Sequence, row: int, tokens: int) -> None:
         """Copy a sequence's first `tokens` keys/values from its pages into its buffer row."""
         slots = torch.tensor(self.allocator.slot_mapping(seq.seq_id, 0, tokens), dtype=torch.long, device=self.device)
         for layer in range(self.cache.shape.num_layers):
-            self.buffer.keys[layer][row, :, :tokens].copy_(self.cache.key[layer].index_select(1, slots))
-            self.buffer.values[layer][row, :, :tokens].copy_(self.cache.value[layer].index_select(1, slots))
+            keys, values = self.buffer.row_view(layer, row, tokens)
+            keys.copy_(self.cache.key[layer].index_select(1, slots))
+            values.copy_(self.cache.value[layer].index_select(1, slots))
 
     def _decode_rows(self, seqs: list[Sequence]) -> DecodeRows:
         """Block tables of the decoding sequences, padded to the longest, and the padding mask."""
