@@ -332,8 +332,9 @@ def write_markdown(path: Path, machine: dict[str, str], opts: Options, tables: l
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("# Benchmarks\n\nSee bench/engine_bench.py for the method.\n\n")
+    separator = "" if path.read_text().endswith("\n\n") else "\n"  # a heading needs a blank line before it
     with path.open("a") as handle:
-        handle.write("\n".join(lines) + "\n")
+        handle.write(separator + "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
