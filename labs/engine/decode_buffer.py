@@ -77,8 +77,7 @@ class DecodeBuffer:
 
     def row_view(self, layer: int, row: int, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Views of one row's first `tokens` keys and values, both [kv_heads, tokens, head_dim]."""
-        return (self.keys[layer][row, :, :, :tokens].transpose(-1, -2),
-                self.values[layer][row, :, :tokens])
+        return _row_view(self.keys[layer], self.values[layer], row, tokens)
 
     def clear(self) -> None:
         """Forget every row (the storage and its layout stay)."""
@@ -187,14 +186,19 @@ class DecodeBuffer:
             for row in (reversed(order) if length > old_length else order):
                 used = self.filled[row]
                 for layer in range(shape.num_layers):
-                    key = old_keys[layer][row, :, :, :used].clone()
-                    value = old_values[layer][row, :, :used].clone()
-                    self.keys[layer][row, :, :, :used].copy_(key)
-                    self.values[layer][row, :, :used].copy_(value)
+                    old = _row_view(old_keys[layer], old_values[layer], row, used)
+                    for target, source in zip(self.row_view(layer, row, used), old):
+                        target.copy_(source.clone())  # the old and new places may overlap
                 self._zero_values_from(row, used)
         self.row_capacity, self.length_capacity = rows, length
         logger.debug("decode buffer: %d rows x %d positions (%.0f of %.0f MiB)", rows, length,
                      self.nbytes / 2**20, self.max_bytes / 2**20)
+
+
+def _row_view(keys: torch.Tensor, values: torch.Tensor, row: int, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One layer's keys [rows, kv_heads, head_dim, capacity] and values [rows, kv_heads, capacity,
+    head_dim] -> views of a row's first `tokens` positions, both [kv_heads, tokens, head_dim]."""
+    return keys[row, :, :, :tokens].transpose(-1, -2), values[row, :, :tokens]
 
 
 def _round_up(value: int, step: int) -> int:
