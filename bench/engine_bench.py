@@ -142,21 +142,34 @@ def run_engine(loaded: Any, settings: Any, prompts: list[list[int]], opts: Optio
     from labs.engine.defaults import engine_config_from_settings
     from labs.engine.engine import Engine
 
-    config = engine_config_from_settings(settings.engine)
+    config = engine_config_from_settings(settings)
     console.print(f"[bold]{system}[/] ({loaded.describe()}) {config}")
     engine = Engine(loaded.model, loaded.tokenizer, loaded.context_length, config)
     results = []
     try:
+        native = settle_native_kernels(engine)
+        console.print(f"  native kernels: {native}")
         asyncio.run(engine_runs.warm_up(engine, prompts, batch=min(max(opts.concurrency), 8)))
         for c in opts.concurrency:
             meter, before = OtherLoad([os.getpid()]), engine_runs.stats_snapshot(engine)
             result = asyncio.run(engine_runs.run_load(engine, prompts, opts.max_tokens, c, system))
             result.other_cores = meter.cores()
             result.notes.append(engine_runs.stats_note(before, engine_runs.stats_snapshot(engine), result))
+            result.notes.append(f"native kernels {native}")
             results.append(progress(result))
     finally:
         engine.shutdown()
     return results
+
+
+def settle_native_kernels(engine: Any) -> str:
+    """Finish a pending native-kernel build before anything is timed (in auto mode the engine
+    would switch to them whenever the background build lands), and say which path runs."""
+    native = engine.core.runner.native
+    if native is None:
+        return "not applicable (they serve int8 weights on CPU)"
+    native.wait()
+    return "used" if native.module is not None else f"not used: {native.unavailable}"
 
 
 def run_prefix(loaded: Any, settings: Any, opts: Options) -> tuple[engine_runs.PrefixResult, engine_runs.PrefixResult]:
@@ -168,7 +181,7 @@ def run_prefix(loaded: Any, settings: Any, opts: Options) -> tuple[engine_runs.P
     warmup = encode(loaded.tokenizer, [chat_messages("Hello!", "You are a terse assistant.")])[0]
     cases = []
     for enabled in (False, True):
-        config = dataclasses.replace(engine_config_from_settings(settings.engine), enable_prefix_caching=enabled)
+        config = dataclasses.replace(engine_config_from_settings(settings), enable_prefix_caching=enabled)
         engine = Engine(loaded.model, loaded.tokenizer, loaded.context_length, config)
         try:
             case = asyncio.run(engine_runs.run_prefix_case(engine, prompts, warmup, opts.prefix_max_tokens, enabled))
@@ -215,7 +228,7 @@ def describe_model(loaded: Any, settings: Any, folder: Path, opts: Options) -> d
     if opts.systems & {"engine", "prefix"}:
         from labs.engine.defaults import engine_config_from_settings
 
-        description["engine config"] = repr(engine_config_from_settings(settings.engine))
+        description["engine config"] = repr(engine_config_from_settings(settings))
     return description
 
 

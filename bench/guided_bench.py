@@ -67,7 +67,7 @@ def main() -> None:
     machine = describe_machine(REPO)
     settings = load_settings()
     loaded = torch_thread().call(load_model, settings)
-    engine = Engine(loaded.model, loaded.tokenizer, loaded.context_length, engine_config_from_settings(settings.engine))
+    engine = Engine(loaded.model, loaded.tokenizer, loaded.context_length, engine_config_from_settings(settings))
     prompts = [prompt_token_ids(loaded.tokenizer, messages=chat_messages(q)) for q in workload_questions(BATCH)]
     asyncio.run(run(engine, prompts[:4], 2))  # warm-up, and the grammar compiled once
     mixes = {"unconstrained": 0, "half constrained": BATCH // 2, "all constrained": BATCH}

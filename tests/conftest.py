@@ -15,6 +15,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
+from labs.engine.native import NativeKernels, missing_toolchain  # noqa: E402
 from labs.models.embedded import embedded_chat_model_file  # noqa: E402
 from labs.models.gguf_cache import ensure_converted  # noqa: E402
 
@@ -22,20 +23,26 @@ DEFAULT_ALIAS = "smollm2-135m-instruct"
 
 
 @pytest.fixture(autouse=True)
-def _isolated_labs_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Keep the developer's own LABS_* variables, labs.toml and .env out of every test."""
+def _isolated_labs_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory, labs_cache_dir: Path) -> None:
+    """Keep the developer's own LABS_* variables, labs.toml and .env out of every test, and point
+    the cache at the session's (so no engine starts a background build in the user's cache)."""
     for name in list(os.environ):
         if name.startswith("LABS_"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("LABS_HOME", str(tmp_path_factory.mktemp("labs-home")))
+    monkeypatch.setenv("LABS_CACHE_DIR", str(labs_cache_dir))
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
 
 
 @pytest.fixture(scope="session")
 def labs_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A cache folder holding the converted default model (converted once per test session)."""
+    """A cache folder holding the converted default model and, where this machine has a C++
+    toolchain, the native kernels (both built once per test session), so every engine started
+    on it runs one fixed path instead of switching when a background build lands."""
     cache = tmp_path_factory.mktemp("labs-cache")
     ensure_converted(embedded_chat_model_file(DEFAULT_ALIAS), cache)
+    if missing_toolchain() is None:
+        NativeKernels("on", cache)
     return cache
 
 

@@ -40,7 +40,7 @@ send `Authorization: Bearer KEY` (the **Authorize** button below); `/health` and
 
 def build_state(settings: Settings) -> ServerState:
     server = settings.server
-    registry = ModelRegistry(settings, engine_config_from_settings(settings.engine), server.max_loaded_models,
+    registry = ModelRegistry(settings, engine_config_from_settings(settings), server.max_loaded_models,
                              server.model_idle_ttl)
     metrics = Metrics()
     embedding_service = EmbeddingService(settings, metrics)

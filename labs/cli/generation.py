@@ -88,7 +88,7 @@ def generate_for_cli(
     needed_tokens = min(len(ids) + (params.max_tokens or loaded.context_length), loaded.context_length) + 32
     budget = needed_tokens * cache_shape_for(loaded.model, loaded.context_length).bytes_per_token
     engine = Engine(loaded.model, loaded.tokenizer, loaded.context_length,
-                    engine_config_from_settings(settings.engine, page_bytes=budget))
+                    engine_config_from_settings(settings, page_bytes=budget))
     progress(f"Generating with {loaded.describe()}")
     started = time.perf_counter()
     first_token_at: list[float] = []

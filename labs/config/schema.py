@@ -353,6 +353,11 @@ KEYS: tuple[Key, ...] = (
          "values, so decode attention reads them in place instead of gathering pages every step "
          "(when they do not fit, steps gather pages as usual). 0 turns it off.",
          env="LABS_DECODE_BUFFER"),
+    _key("engine", "native_kernels", one_of("auto", "on", "off"), "auto",
+         "Fused C++ kernels for the int8 CPU forward, compiled once per machine with its C++ "
+         "compiler into cache_dir/native (~25 s). auto: use them once built, building in the "
+         "background meanwhile (PyTorch path until then, or when no compiler is found); on: build "
+         "now and fail if that is impossible; off: PyTorch only.", env="LABS_NATIVE_KERNELS"),
     # [embeddings]
     _key("embeddings", "model", _nonempty_text, "all-minilm-l6-v2",
          "Embedding model: alias, local sentence-transformers folder, or cached Hub id.",

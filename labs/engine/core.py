@@ -11,6 +11,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,6 +41,8 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     fused_forward: bool = True  # the lean Llama-family forward where it applies (labs.engine.fused_llama)
     decode_buffer: float = 0.25  # share of the KV budget for the dense decode buffer (labs.engine.decode_buffer); 0: off
+    native_kernels: str = "auto"  # fused C++ kernels for the int8 CPU forward: auto, on, off (labs.engine.native)
+    native_cache_dir: Path | None = None  # where they are built; None: the default cache folder
 
 
 @dataclass
@@ -82,7 +85,8 @@ class EngineCore:
             )
         self.allocator = BlockAllocator(num_blocks, self.config.block_size, self.config.enable_prefix_caching)
         self.cache = KVCache(shape, num_blocks, self.config.block_size, device)
-        self.runner = ModelRunner(model, self.cache, self.allocator, self.config.fused_forward, buffer_bytes, self.config.max_num_seqs)
+        self.runner = ModelRunner(model, self.cache, self.allocator, self.config.fused_forward, buffer_bytes, self.config.max_num_seqs,
+                                  self.config.native_kernels, self.config.native_cache_dir)
         self.scheduler = Scheduler(self.allocator, self.config.max_num_seqs, self.config.max_batched_tokens)
         self.sampler = Sampler()
         self.eos_ids = eos_token_ids(model, tokenizer)
@@ -176,6 +180,8 @@ class EngineCore:
         for request_id in list(self._orphaned):
             self._orphaned.discard(request_id)
             self.abort(request_id)
+        if not self.scheduler.running:
+            self.runner.between_requests()
         scheduled = self.scheduler.schedule()
         self.stats.preemptions_total += len(scheduled.preempted)
         if scheduled.empty:
@@ -193,7 +199,7 @@ class EngineCore:
                 if seq.status is not Status.FINISHED:
                     self._fail_request(seq.request_id, message)
         if not self.scheduler.running:
-            self.runner.clear_decode_rows()
+            self.runner.between_requests()
 
     def _advance_computed(self, scheduled: SchedulerOutput) -> None:
         for seq in scheduled.decodes:

@@ -21,9 +21,10 @@ def sampling_params_from_settings(generation: SimpleNamespace) -> SamplingParams
     )
 
 
-def engine_config_from_settings(engine: SimpleNamespace, page_bytes: int | None = None) -> EngineConfig:
+def engine_config_from_settings(settings: SimpleNamespace, page_bytes: int | None = None) -> EngineConfig:
     """`page_bytes` sizes the paged cache for a known workload (a one-shot CLI run, one chat)
     instead of the configured budget; the decode buffer's share comes on top of it."""
+    engine = settings.engine
     memory = engine.kv_cache_memory
     if page_bytes is not None:
         memory = int(page_bytes / (1.0 - engine.decode_buffer)) + 1
@@ -35,4 +36,6 @@ def engine_config_from_settings(engine: SimpleNamespace, page_bytes: int | None 
         enable_prefix_caching=engine.prefix_caching,
         fused_forward=engine.fused_forward,
         decode_buffer=engine.decode_buffer,
+        native_kernels=engine.native_kernels,
+        native_cache_dir=settings.paths.cache_dir,
     )

@@ -8,12 +8,17 @@ memory is duplicated), applies rotary embeddings to queries and keys in one pass
 norm and the output head only for the rows that are sampled, and calls the paged attention
 directly. It is used only when `supports()` says the model's layout is exactly the one it
 implements; everything else runs the model's own forward (`fused_forward = false` forces that).
+
+With int8 weights on CPU, `kernels` (labs.engine.native, when built) replaces each group of
+elementwise operations around the matmuls by one fused pass; the PyTorch spelling stays the
+reference and the path used until (or unless) the kernels are there.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -144,6 +149,9 @@ class FusedLlamaForward:
                 down=FusedLinear([mlp.down_proj]),
                 scale=float(getattr(attention, "scaling", self.head_dim ** -0.5)),
             ))
+        self.kernels: ModuleType | None = None  # set by the runner once labs.engine.native is loaded
+        self.kernels_apply = (self.head.int8 and all(layer.qkv.int8 for layer in self.layers) and self.embed.weight.dtype == torch.float32
+                              and self.embed.weight.device.type == "cpu")
         logger.info("fused forward for %s (%d layers%s)", config.model_type, len(self.layers), ", int8" if self.head.int8 else "")
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -156,13 +164,18 @@ class FusedLlamaForward:
     @torch.inference_mode()
     def __call__(self, input_ids: torch.Tensor, position_ids: torch.Tensor, batch: PagedBatch, keep: torch.Tensor) -> torch.Tensor:
         hidden = self.embed(input_ids)  # [T, hidden]
-        tokens = hidden.shape[0]
         cos, sin = self.rotary(hidden, position_ids[None, :])
         half = self.head_dim // 2
-        cos = cos[0, :, None, :]  # [T, 1, D]
-        sin = sin[0, :, None, :]
+        cos, sin = cos[0], sin[0]  # [T, D]
         # rotate_half(x) * sin == roll(x, half) * sin with the first half's sign flipped
         sin_signed = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+        if self.kernels is not None and self.kernels_apply:
+            return self._layers_with_kernels(self.kernels, hidden, cos, sin_signed, batch, keep)
+        return self._layers(hidden, cos[:, None, :], sin_signed[:, None, :], batch, keep)
+
+    def _layers(self, hidden: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor, batch: PagedBatch, keep: torch.Tensor) -> torch.Tensor:
+        """The decoder layers and the head in PyTorch operations (any dtype and device)."""
+        tokens, half = hidden.shape[0], self.head_dim // 2
         q_width, kv_width = self.heads * self.head_dim, self.kv_heads * self.head_dim
         for layer in self.layers:
             qkv = layer.qkv(self._norm(hidden, layer.input_norm))
@@ -176,3 +189,34 @@ class FusedLlamaForward:
             hidden = hidden + layer.down(F.silu(gate).mul_(up))
         kept = self._norm(hidden.index_select(0, keep), self.final_norm)
         return self.head(kept).float()
+
+    def _layers_with_kernels(self, kernels: ModuleType, hidden: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor,
+                             batch: PagedBatch, keep: torch.Tensor) -> torch.Tensor:
+        """The same layers with int8 weights and fp32 activations on CPU, each group of
+        elementwise operations done by one native kernel: a layer is 4 int8 matmuls, 6 kernel
+        calls and the attention."""
+        tokens = hidden.shape[0]
+        hidden = hidden.contiguous()
+        cos, sin_signed = cos.contiguous(), sin_signed.contiguous()
+        q_width, kv_width = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        rotary_heads = self.heads + self.kv_heads
+        x, x_scale = kernels.rms_norm_quantize(hidden, self.layers[0].input_norm, self.eps)
+        for index, layer in enumerate(self.layers):
+            qkv = kernels.dequantize_rotary(torch._int_mm(x, layer.qkv.weight.t()), x_scale, layer.qkv.weight_scale, layer.qkv.bias,
+                                            cos, sin_signed, rotary_heads, self.head_dim)
+            query = qkv[:, :q_width].view(tokens, self.heads, self.head_dim)
+            key = qkv[:, q_width:q_width + kv_width].view(tokens, self.kv_heads, self.head_dim)
+            value = qkv[:, q_width + kv_width:].view(tokens, self.kv_heads, self.head_dim)
+            attended = paged_attention(layer.index, query, key, value, batch, layer.scale)
+            x, x_scale = kernels.quantize(attended.reshape(tokens, q_width).contiguous())
+            x, x_scale = kernels.residual_rms_norm_quantize(torch._int_mm(x, layer.o.weight.t()), x_scale, layer.o.weight_scale, layer.o.bias,
+                                                            hidden, layer.post_norm, self.eps)
+            x, x_scale = kernels.silu_mul_quantize(torch._int_mm(x, layer.gate_up.weight.t()), x_scale, layer.gate_up.weight_scale)
+            down = torch._int_mm(x, layer.down.weight.t())
+            if index + 1 < len(self.layers):
+                x, x_scale = kernels.residual_rms_norm_quantize(down, x_scale, layer.down.weight_scale, None, hidden,
+                                                                self.layers[index + 1].input_norm, self.eps)
+            else:
+                kernels.residual_add(down, x_scale, layer.down.weight_scale, None, hidden)
+        x, x_scale = kernels.rms_norm_quantize(hidden.index_select(0, keep), self.final_norm, self.eps)
+        return kernels.dequantize(torch._int_mm(x, self.head.weight.t()), x_scale, self.head.weight_scale, self.head.bias)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ from labs.engine.decode_buffer import DecodeBuffer
 from labs.engine.fused_llama import FusedLlamaForward, supports
 from labs.engine.kv_blocks import BlockAllocator
 from labs.engine.kv_cache import KVCache
+from labs.engine.native import NativeKernels
 from labs.engine.scheduler import SchedulerOutput
 from labs.engine.sequence import Sequence
 
@@ -35,7 +37,8 @@ class ModelRunner:
     model's own Hugging Face forward through the registered paged attention."""
 
     def __init__(self, model: Any, cache: KVCache, allocator: BlockAllocator, fused: bool = True,
-                 decode_buffer_bytes: int = 0, max_rows: int = 128) -> None:
+                 decode_buffer_bytes: int = 0, max_rows: int = 128, native_kernels: str = "auto",
+                 native_cache_dir: Path | None = None) -> None:
         self.model = model
         self.cache = cache
         self.allocator = allocator
@@ -49,6 +52,10 @@ class ModelRunner:
                 self.fused = FusedLlamaForward(model)
             else:
                 logger.info("running the model's own forward: the fused forward does not cover %s", reason)
+        self.native: NativeKernels | None = None
+        if self.fused is not None and self.fused.kernels_apply:
+            self.native = NativeKernels(native_kernels, native_cache_dir)
+            self.fused.kernels = self.native.module
 
     @torch.inference_mode()
     def run(self, scheduled: SchedulerOutput) -> StepLogits:
@@ -105,10 +112,15 @@ class ModelRunner:
             logits = output.logits[0]
         return StepLogits(sampled, logits[:len(sampled)].float())
 
-    def clear_decode_rows(self) -> None:
-        """Nothing is running: the decode buffer holds no rows (its storage stays, like the pages')."""
+    def between_requests(self) -> None:
+        """Nothing is running: the decode buffer holds no rows (its storage stays, like the
+        pages'), and native kernels whose background build has finished take over now, so no
+        request ever changes path halfway."""
         if self.buffer is not None:
             self.buffer.clear()
+        if self.native is not None and self.fused.kernels is None and self.native.poll() is not None:
+            self.fused.kernels = self.native.module
+            logger.info("the fused forward now runs the native kernels")
 
     def _fill_row(self, seq: Sequence, row: int, tokens: int) -> None:
         """Copy a sequence's first `tokens` keys/values from its pages into its buffer row."""

@@ -81,7 +81,7 @@ class LocalBackend:
             # One conversation at a time: a cache for one full context, not the server's budget.
             budget = (loaded.context_length + 64) * cache_shape_for(loaded.model, loaded.context_length).bytes_per_token
         engine = Engine(loaded.model, loaded.tokenizer, loaded.context_length,
-                        engine_config_from_settings(self.settings.engine, page_bytes=budget))
+                        engine_config_from_settings(self.settings, page_bytes=budget))
         self.close()
         self.loaded, self.engine = loaded, engine
         self.reasoning_tags = detect_reasoning_tags(loaded.tokenizer) if self.settings.server.split_reasoning else None

@@ -1,0 +1,282 @@
+// Fused row kernels for labs' int8 CPU forward (labs/engine/native/__init__.py says why and how
+// they are built). Every function works row by row on contiguous fp32/int32 inputs, so a row's
+// result never depends on the other rows of the batch, exactly like the PyTorch path.
+//
+// Quantization matches labs.models.int8.int8_matmul: symmetric per row, scale = max|y| / 127
+// (at least 1e-8 / 127), q = round-half-even(y / scale).
+
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+namespace {
+
+using torch::Tensor;
+
+// Rows per parallel task: split a call over threads only when each part has ~16k values.
+int64_t grain_for(int64_t width) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(width, 1)); }
+
+// exp(x) written so the compiler vectorizes it (libm's expf is scalar): 2^n * p(r) with
+// |r| <= ln2 / 2 and a degree-6 polynomial, within ~2 ulp of expf over the float range.
+inline float vector_exp(float x) {
+  x = std::min(std::max(x, -87.3f), 88.7f);
+  const float n = std::nearbyint(x * 1.44269504088896341f);
+  float r = x - n * 0.693145751953125f;
+  r = r - n * 1.428606765330187e-06f;
+  const float p = 1.f + r * (1.f + r * (0.5f + r * (0.166666672f + r * (0.0416666418f + r * (0.00833336823f + r * 0.00138925039f)))));
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float power;
+  std::memcpy(&power, &bits, sizeof(power));
+  return p * power;
+}
+
+// Quantize `factor * y[0:n]` into q; returns the row's dequantization scale.
+inline float quantize_row(const float* y, int64_t n, float factor, int8_t* q) {
+  float amax = 0.f;
+#pragma omp simd reduction(max : amax)
+  for (int64_t k = 0; k < n; k++) amax = std::max(amax, std::fabs(y[k]));
+  const float scale = std::max(amax * factor, 1e-8f) / 127.f;
+  const float inverse = factor / scale;
+#pragma omp simd
+  for (int64_t k = 0; k < n; k++) q[k] = static_cast<int8_t>(std::nearbyint(y[k] * inverse));
+  return scale;
+}
+
+void check_float_matrix(const Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == torch::kFloat32 && t.dim() == 2 && t.is_contiguous(),
+              name, " must be a contiguous 2-D float32 CPU tensor, got ", t.scalar_type(), " ", t.sizes());
+}
+
+void check_accumulator(const Tensor& acc, const Tensor& x_scale, const Tensor& w_scale, const std::optional<Tensor>& bias) {
+  TORCH_CHECK(acc.device().is_cpu() && acc.scalar_type() == torch::kInt32 && acc.dim() == 2 && acc.is_contiguous(),
+              "acc must be a contiguous 2-D int32 CPU tensor (a torch._int_mm result), got ", acc.scalar_type(), " ", acc.sizes());
+  TORCH_CHECK(x_scale.scalar_type() == torch::kFloat32 && x_scale.is_contiguous() && x_scale.numel() == acc.size(0),
+              "x_scale must hold one float32 scale per row of acc");
+  TORCH_CHECK(w_scale.scalar_type() == torch::kFloat32 && w_scale.is_contiguous() && w_scale.numel() == acc.size(1),
+              "w_scale must hold one float32 scale per column of acc");
+  if (bias) {
+    TORCH_CHECK(bias->scalar_type() == torch::kFloat32 && bias->is_contiguous() && bias->numel() == acc.size(1),
+                "bias must hold one float32 value per column of acc");
+  }
+}
+
+void check_vector(const Tensor& t, int64_t n, const char* name) {
+  TORCH_CHECK(t.scalar_type() == torch::kFloat32 && t.is_contiguous() && t.numel() == n,
+              name, " must be a contiguous float32 vector of ", n, " values, got ", t.scalar_type(), " ", t.sizes());
+}
+
+std::tuple<Tensor, Tensor> empty_quantized(int64_t rows, int64_t width, const Tensor& like) {
+  return {torch::empty({rows, width}, like.options().dtype(torch::kInt8)), torch::empty({rows, 1}, like.options().dtype(torch::kFloat32))};
+}
+
+// out[n] = acc[n] * x_scale * w_scale[n] (+ bias[n]) for one row.
+inline void dequantize_row(const int32_t* acc, float x_scale, const float* w_scale, const float* bias, int64_t n, float* out) {
+  if (bias != nullptr) {
+#pragma omp simd
+    for (int64_t k = 0; k < n; k++) out[k] = static_cast<float>(acc[k]) * x_scale * w_scale[k] + bias[k];
+  } else {
+#pragma omp simd
+    for (int64_t k = 0; k < n; k++) out[k] = static_cast<float>(acc[k]) * x_scale * w_scale[k];
+  }
+}
+
+}  // namespace
+
+// RMSNorm(x) * weight, quantized per row: (q [M, K] int8, scale [M, 1]).
+std::tuple<Tensor, Tensor> rms_norm_quantize(const Tensor& x, const Tensor& weight, double eps) {
+  check_float_matrix(x, "x");
+  const int64_t rows = x.size(0), width = x.size(1);
+  check_vector(weight, width, "weight");
+  auto [q, scale] = empty_quantized(rows, width, x);
+  const float* xp = x.data_ptr<float>();
+  const float* wp = weight.data_ptr<float>();
+  int8_t* qp = q.data_ptr<int8_t>();
+  float* sp = scale.data_ptr<float>();
+  at::parallel_for(0, rows, grain_for(width), [&](int64_t begin, int64_t end) {
+    std::vector<float> y(width);
+    for (int64_t i = begin; i < end; i++) {
+      const float* row = xp + i * width;
+      float squares = 0.f;
+#pragma omp simd reduction(+ : squares)
+      for (int64_t k = 0; k < width; k++) {
+        squares += row[k] * row[k];
+        y[k] = row[k] * wp[k];
+      }
+      const float inverse_rms = 1.f / std::sqrt(squares / static_cast<float>(width) + static_cast<float>(eps));
+      sp[i] = quantize_row(y.data(), width, inverse_rms, qp + i * width);
+    }
+  });
+  return {q, scale};
+}
+
+// x quantized per row: (q [M, K] int8, scale [M, 1]).
+std::tuple<Tensor, Tensor> quantize(const Tensor& x) {
+  check_float_matrix(x, "x");
+  const int64_t rows = x.size(0), width = x.size(1);
+  auto [q, scale] = empty_quantized(rows, width, x);
+  const float* xp = x.data_ptr<float>();
+  int8_t* qp = q.data_ptr<int8_t>();
+  float* sp = scale.data_ptr<float>();
+  at::parallel_for(0, rows, grain_for(width), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; i++) sp[i] = quantize_row(xp + i * width, width, 1.f, qp + i * width);
+  });
+  return {q, scale};
+}
+
+// acc * x_scale * w_scale (+ bias) as fp32 [M, N]; then the rotary embedding on the first
+// `rotary_heads` heads of `head_dim` values: y = x * cos + roll(x, head_dim / 2) * sin_signed,
+// where sin_signed is sin with its first half negated (so the roll is HF's rotate_half).
+Tensor dequantize_rotary(const Tensor& acc, const Tensor& x_scale, const Tensor& w_scale, const std::optional<Tensor>& bias,
+                         const Tensor& cos, const Tensor& sin_signed, int64_t rotary_heads, int64_t head_dim) {
+  check_accumulator(acc, x_scale, w_scale, bias);
+  const int64_t rows = acc.size(0), width = acc.size(1);
+  TORCH_CHECK(head_dim > 0 && head_dim % 2 == 0 && rotary_heads >= 0 && rotary_heads * head_dim <= width,
+              "rotary_heads * head_dim must fit in a row of acc and head_dim must be even");
+  if (rotary_heads > 0) {
+    check_float_matrix(cos, "cos");
+    check_float_matrix(sin_signed, "sin_signed");
+    TORCH_CHECK(cos.size(0) == rows && cos.size(1) == head_dim && sin_signed.sizes() == cos.sizes(),
+                "cos and sin_signed must be [rows, head_dim]");
+  }
+  auto out = torch::empty({rows, width}, acc.options().dtype(torch::kFloat32));
+  const int32_t* ap = acc.data_ptr<int32_t>();
+  const float* xs = x_scale.data_ptr<float>();
+  const float* ws = w_scale.data_ptr<float>();
+  const float* bp = bias ? bias->data_ptr<float>() : nullptr;
+  const float* cp = rotary_heads > 0 ? cos.data_ptr<float>() : nullptr;
+  const float* snp = rotary_heads > 0 ? sin_signed.data_ptr<float>() : nullptr;
+  float* op = out.data_ptr<float>();
+  const int64_t half = head_dim / 2, rotary_width = rotary_heads * head_dim;
+  at::parallel_for(0, rows, grain_for(width), [&](int64_t begin, int64_t end) {
+    std::vector<float> plain(rotary_width);
+    for (int64_t i = begin; i < end; i++) {
+      float* o = op + i * width;
+      dequantize_row(ap + i * width, xs[i], ws, bp, rotary_width, plain.data());
+      dequantize_row(ap + i * width + rotary_width, xs[i], ws + rotary_width, bp ? bp + rotary_width : nullptr,
+                     width - rotary_width, o + rotary_width);
+      const float* c = cp ? cp + i * head_dim : nullptr;
+      const float* s = snp ? snp + i * head_dim : nullptr;
+      for (int64_t h = 0; h < rotary_heads; h++) {
+        const float* x = plain.data() + h * head_dim;
+        float* y = o + h * head_dim;
+#pragma omp simd
+        for (int64_t d = 0; d < half; d++) y[d] = x[d] * c[d] + x[d + half] * s[d];
+#pragma omp simd
+        for (int64_t d = half; d < head_dim; d++) y[d] = x[d] * c[d] + x[d - half] * s[d];
+      }
+    }
+  });
+  return out;
+}
+
+// acc * x_scale * w_scale (+ bias) as fp32 [M, N].
+Tensor dequantize(const Tensor& acc, const Tensor& x_scale, const Tensor& w_scale, const std::optional<Tensor>& bias) {
+  return dequantize_rotary(acc, x_scale, w_scale, bias, Tensor(), Tensor(), 0, 2);
+}
+
+// hidden += acc * x_scale * w_scale (+ bias), in place; returns RMSNorm(hidden) * weight quantized.
+std::tuple<Tensor, Tensor> residual_rms_norm_quantize(const Tensor& acc, const Tensor& x_scale, const Tensor& w_scale,
+                                                      const std::optional<Tensor>& bias, Tensor& hidden, const Tensor& weight, double eps) {
+  check_accumulator(acc, x_scale, w_scale, bias);
+  check_float_matrix(hidden, "hidden");
+  TORCH_CHECK(hidden.sizes() == acc.sizes(), "hidden and acc must have the same shape");
+  const int64_t rows = acc.size(0), width = acc.size(1);
+  check_vector(weight, width, "weight");
+  auto [q, scale] = empty_quantized(rows, width, hidden);
+  const int32_t* ap = acc.data_ptr<int32_t>();
+  const float* xs = x_scale.data_ptr<float>();
+  const float* ws = w_scale.data_ptr<float>();
+  const float* bp = bias ? bias->data_ptr<float>() : nullptr;
+  float* hp = hidden.data_ptr<float>();
+  const float* wp = weight.data_ptr<float>();
+  int8_t* qp = q.data_ptr<int8_t>();
+  float* sp = scale.data_ptr<float>();
+  at::parallel_for(0, rows, grain_for(width), [&](int64_t begin, int64_t end) {
+    std::vector<float> update(width), y(width);
+    for (int64_t i = begin; i < end; i++) {
+      float* h = hp + i * width;
+      dequantize_row(ap + i * width, xs[i], ws, bp, width, update.data());
+      float squares = 0.f;
+#pragma omp simd reduction(+ : squares)
+      for (int64_t k = 0; k < width; k++) {
+        const float v = h[k] + update[k];
+        h[k] = v;
+        squares += v * v;
+        y[k] = v * wp[k];
+      }
+      const float inverse_rms = 1.f / std::sqrt(squares / static_cast<float>(width) + static_cast<float>(eps));
+      sp[i] = quantize_row(y.data(), width, inverse_rms, qp + i * width);
+    }
+  });
+  return {q, scale};
+}
+
+// hidden += acc * x_scale * w_scale (+ bias), in place.
+void residual_add(const Tensor& acc, const Tensor& x_scale, const Tensor& w_scale, const std::optional<Tensor>& bias, Tensor& hidden) {
+  check_accumulator(acc, x_scale, w_scale, bias);
+  check_float_matrix(hidden, "hidden");
+  TORCH_CHECK(hidden.sizes() == acc.sizes(), "hidden and acc must have the same shape");
+  const int64_t rows = acc.size(0), width = acc.size(1);
+  const int32_t* ap = acc.data_ptr<int32_t>();
+  const float* xs = x_scale.data_ptr<float>();
+  const float* ws = w_scale.data_ptr<float>();
+  const float* bp = bias ? bias->data_ptr<float>() : nullptr;
+  float* hp = hidden.data_ptr<float>();
+  at::parallel_for(0, rows, grain_for(width), [&](int64_t begin, int64_t end) {
+    std::vector<float> update(width);
+    for (int64_t i = begin; i < end; i++) {
+      float* h = hp + i * width;
+      dequantize_row(ap + i * width, xs[i], ws, bp, width, update.data());
+#pragma omp simd
+      for (int64_t k = 0; k < width; k++) h[k] += update[k];
+    }
+  });
+}
+
+// acc = [gate | up] products [M, 2I]: SiLU(gate) * up, quantized per row.
+std::tuple<Tensor, Tensor> silu_mul_quantize(const Tensor& acc, const Tensor& x_scale, const Tensor& w_scale) {
+  check_accumulator(acc, x_scale, w_scale, std::nullopt);
+  TORCH_CHECK(acc.size(1) % 2 == 0, "acc must hold gate and up halves of equal width");
+  const int64_t rows = acc.size(0), inner = acc.size(1) / 2;
+  auto [q, scale] = empty_quantized(rows, inner, x_scale);
+  const int32_t* ap = acc.data_ptr<int32_t>();
+  const float* xs = x_scale.data_ptr<float>();
+  const float* ws = w_scale.data_ptr<float>();
+  int8_t* qp = q.data_ptr<int8_t>();
+  float* sp = scale.data_ptr<float>();
+  at::parallel_for(0, rows, grain_for(2 * inner), [&](int64_t begin, int64_t end) {
+    std::vector<float> y(inner);
+    for (int64_t i = begin; i < end; i++) {
+      const int32_t* a = ap + i * 2 * inner;
+      const float s = xs[i];
+#pragma omp simd
+      for (int64_t k = 0; k < inner; k++) {
+        const float gate = static_cast<float>(a[k]) * s * ws[k];
+        const float up = static_cast<float>(a[k + inner]) * s * ws[k + inner];
+        y[k] = gate / (1.f + vector_exp(-gate)) * up;
+      }
+      sp[i] = quantize_row(y.data(), inner, 1.f, qp + i * inner);
+    }
+  });
+  return {q, scale};
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "labs fused row kernels for the int8 CPU forward";
+  // Released like torch's own operations, so the API's event loop runs while a kernel does.
+  const auto without_gil = py::call_guard<py::gil_scoped_release>();
+  m.def("rms_norm_quantize", &rms_norm_quantize, "RMSNorm(x) * weight, quantized per row", without_gil);
+  m.def("quantize", &quantize, "x quantized per row", without_gil);
+  m.def("dequantize_rotary", &dequantize_rotary, "int32 products to fp32, then rotary on the first heads", without_gil);
+  m.def("dequantize", &dequantize, "int32 products to fp32", without_gil);
+  m.def("residual_rms_norm_quantize", &residual_rms_norm_quantize, "hidden += products; RMSNorm(hidden) * weight quantized", without_gil);
+  m.def("residual_add", &residual_add, "hidden += products", without_gil);
+  m.def("silu_mul_quantize", &silu_mul_quantize, "SiLU(gate) * up quantized per row", without_gil);
+}

@@ -1,0 +1,275 @@
+"""The native kernels (labs.engine.native): each against its PyTorch spelling, bad inputs refused,
+the engine giving the same answers with and without them, and their build story (on, auto in
+the background, off, no compiler, a failing compiler)."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from labs.engine.native import FAILED_MARKER, READY_MARKER, NativeKernels, NativeKernelsError, missing_toolchain
+from labs.engine.sampling import SamplingParams
+from labs.models.int8 import quantize_linears_int8
+from tests.engine.test_engine import Collector, assert_cache_empty, load_fp32, prompts_of_lengths, run_all, tiny_core
+from tests.engine.test_fused import plain_qwen2
+
+pytestmark = pytest.mark.skipif(missing_toolchain() is not None, reason=f"no toolchain to build native kernels: {missing_toolchain()}")
+
+EPS = 1e-5
+
+
+@pytest.fixture(scope="module")
+def kernels(labs_cache_dir: Path) -> ModuleType:
+    module = NativeKernels("on", labs_cache_dir).module
+    assert module is not None
+    return module
+
+
+def quantize_reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What labs.models.int8.int8_matmul does to its input."""
+    scale = x.abs().amax(dim=-1, keepdim=True).clamp(min=1e-8) / 127.0
+    return torch.round(x / scale).to(torch.int8), scale
+
+
+def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + EPS) * weight
+
+
+def assert_quantized_close(got: tuple[torch.Tensor, torch.Tensor], want: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """Same scales to float rounding; codes equal but for values that sit on a rounding edge."""
+    (q, scale), (q_ref, scale_ref) = got, want
+    assert q.dtype == torch.int8 and q.shape == q_ref.shape and scale.shape == scale_ref.shape
+    torch.testing.assert_close(scale, scale_ref, rtol=1e-5, atol=0)
+    differ = q.int() - q_ref.int()
+    assert differ.abs().max() <= 1
+    assert (differ != 0).float().mean() < 0.01
+
+
+def products(rows: int, width: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """An int32 matmul result with per-row and per-column scales, as torch._int_mm gives them."""
+    generator = torch.Generator().manual_seed(seed)
+    acc = torch.randint(-40_000, 40_000, (rows, width), generator=generator, dtype=torch.int32)
+    x_scale = torch.rand(rows, 1, generator=generator) * 0.01 + 1e-4
+    w_scale = torch.rand(width, generator=generator) * 0.01 + 1e-4
+    return acc, x_scale, w_scale
+
+
+def dequantize_reference(acc: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
+    return acc.double().mul(x_scale.double()).mul(w_scale.double()).float()
+
+
+@pytest.mark.parametrize("rows", [1, 7, 300])  # 300 rows of 576 split over threads
+@pytest.mark.parametrize("width", [64, 576])
+def test_rms_norm_quantize_matches_pytorch(kernels: ModuleType, rows: int, width: int) -> None:
+    x = torch.randn(rows, width) * 3
+    weight = torch.rand(width) + 0.5
+    assert_quantized_close(kernels.rms_norm_quantize(x, weight, EPS), quantize_reference(rms_norm_reference(x, weight)))
+
+
+def test_quantize_matches_int8_matmul_and_keeps_a_zero_row_finite(kernels: ModuleType) -> None:
+    x = torch.randn(33, 576)
+    x[5] = 0.0
+    q, scale = kernels.quantize(x)
+    assert_quantized_close((q, scale), quantize_reference(x))
+    assert torch.all(q[5] == 0) and scale[5].item() == pytest.approx(1e-8 / 127)
+
+
+def test_rows_do_not_depend_on_the_rest_of_the_batch(kernels: ModuleType) -> None:
+    x = torch.randn(300, 576)
+    weight = torch.rand(576)
+    q_all, scale_all = kernels.rms_norm_quantize(x, weight, EPS)
+    q_one, scale_one = kernels.rms_norm_quantize(x[123:124].clone(), weight, EPS)
+    assert torch.equal(q_all[123:124], q_one) and torch.equal(scale_all[123:124], scale_one)
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_dequantize_rotary_matches_the_hugging_face_rotary(kernels: ModuleType, with_bias: bool) -> None:
+    rows, heads, kv_heads, head_dim = 9, 4, 2, 16
+    width = (heads + 2 * kv_heads) * head_dim
+    acc, x_scale, w_scale = products(rows, width)
+    bias = torch.randn(width) if with_bias else None
+    angles = torch.rand(rows, head_dim // 2) * 6.0
+    cos, sin = torch.cat([angles.cos()] * 2, dim=-1), torch.cat([angles.sin()] * 2, dim=-1)
+    sin_signed = torch.cat((-sin[:, :head_dim // 2], sin[:, head_dim // 2:]), dim=-1)
+    out = kernels.dequantize_rotary(acc, x_scale, w_scale, bias, cos, sin_signed, heads + kv_heads, head_dim)
+
+    plain = dequantize_reference(acc, x_scale, w_scale) + (bias if with_bias else 0)
+    rotated = plain[:, :(heads + kv_heads) * head_dim].view(rows, heads + kv_heads, head_dim)
+    half = head_dim // 2
+    rotate_half = torch.cat((-rotated[..., half:], rotated[..., :half]), dim=-1)
+    expected = torch.cat([(rotated * cos[:, None] + rotate_half * sin[:, None]).reshape(rows, -1), plain[:, (heads + kv_heads) * head_dim:]], dim=1)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_dequantize_matches_pytorch(kernels: ModuleType) -> None:
+    acc, x_scale, w_scale = products(32, 1000)
+    bias = torch.randn(1000)
+    torch.testing.assert_close(kernels.dequantize(acc, x_scale, w_scale, None), dequantize_reference(acc, x_scale, w_scale))
+    torch.testing.assert_close(kernels.dequantize(acc, x_scale, w_scale, bias), dequantize_reference(acc, x_scale, w_scale) + bias)
+
+
+def test_residual_norm_quantize_adds_in_place_then_normalizes(kernels: ModuleType) -> None:
+    acc, x_scale, w_scale = products(40, 576, seed=2)
+    bias = torch.randn(576)
+    hidden = torch.randn(40, 576)
+    weight = torch.rand(576) + 0.5
+    expected_hidden = hidden + dequantize_reference(acc, x_scale, w_scale) + bias
+    got = kernels.residual_rms_norm_quantize(acc, x_scale, w_scale, bias, hidden, weight, EPS)
+    torch.testing.assert_close(hidden, expected_hidden, rtol=1e-5, atol=1e-5)
+    assert_quantized_close(got, quantize_reference(rms_norm_reference(expected_hidden, weight)))
+
+
+def test_residual_add_adds_in_place(kernels: ModuleType) -> None:
+    acc, x_scale, w_scale = products(3, 100, seed=3)
+    hidden = torch.randn(3, 100)
+    expected = hidden + dequantize_reference(acc, x_scale, w_scale)
+    assert kernels.residual_add(acc, x_scale, w_scale, None, hidden) is None
+    torch.testing.assert_close(hidden, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_silu_mul_quantize_matches_pytorch_even_for_huge_gates(kernels: ModuleType) -> None:
+    acc, x_scale, w_scale = products(32, 2 * 1536, seed=4)
+    x_scale[0] = 0.5  # gates of hundreds of thousands: exp must saturate, not overflow to NaN
+    q, scale = kernels.silu_mul_quantize(acc, x_scale, w_scale)
+    products_fp = dequantize_reference(acc, x_scale, w_scale)
+    gate, up = products_fp[:, :1536], products_fp[:, 1536:]
+    expected = F.silu(gate.double()).mul(up.double()).float()
+    assert torch.isfinite(scale).all()
+    assert_quantized_close((q, scale), quantize_reference(expected))
+
+
+def test_bad_inputs_are_refused_with_what_was_wrong(kernels: ModuleType) -> None:
+    x, weight = torch.randn(4, 8), torch.rand(8)
+    with pytest.raises(RuntimeError, match="x must be a contiguous 2-D float32 CPU tensor, got Double"):
+        kernels.rms_norm_quantize(x.double(), weight, EPS)
+    with pytest.raises(RuntimeError, match="x must be a contiguous 2-D float32"):
+        kernels.quantize(x.t())
+    with pytest.raises(RuntimeError, match="weight must be a contiguous float32 vector of 8 values"):
+        kernels.rms_norm_quantize(x, torch.rand(7), EPS)
+    acc, x_scale, w_scale = products(4, 8)
+    with pytest.raises(RuntimeError, match="acc must be a contiguous 2-D int32 CPU tensor"):
+        kernels.dequantize(acc.float(), x_scale, w_scale, None)
+    with pytest.raises(RuntimeError, match="w_scale must hold one float32 scale per column"):
+        kernels.dequantize(acc, x_scale, w_scale[:5], None)
+    with pytest.raises(RuntimeError, match="hidden and acc must have the same shape"):
+        kernels.residual_add(acc, x_scale, w_scale, None, torch.randn(4, 9))
+    with pytest.raises(RuntimeError, match="gate and up halves"):
+        kernels.silu_mul_quantize(products(4, 7)[0], x_scale, torch.rand(7))
+    hidden = torch.randn(4, 8)
+    before = hidden.clone()
+    with pytest.raises(RuntimeError, match="weight must be"):
+        kernels.residual_rms_norm_quantize(acc, x_scale, w_scale, None, hidden, torch.rand(3), EPS)
+    assert torch.equal(hidden, before)  # refused before touching anything
+    assert_quantized_close(kernels.quantize(x), quantize_reference(x))  # and the module still works
+
+
+# ---------------------------------------------------------------------------- through the engine
+
+
+def greedy_with_logprobs(model_and_tokenizer: tuple[Any, Any], native: str, prompts: list[list[int]]) -> list[tuple[list[int], list[float]]]:
+    core = tiny_core(model_and_tokenizer, native_kernels=native)
+    assert (core.runner.fused.kernels is not None) == (native == "on")
+    sink = Collector()
+    for i, prompt in enumerate(prompts):  # joining one step apart: prefill chunks next to decodes
+        core.add_request(f"r{i}", prompt, SamplingParams(max_tokens=10, temperature=0, min_tokens=10, logprobs=0), sink)
+        core.step()
+    run_all(core)
+    assert_cache_empty(core)
+    return [(sink.tokens(f"r{i}"), [lp for out in sink.outputs[f"r{i}"] for lp in (out.logprobs or [])]) for i in range(len(prompts))]
+
+
+@pytest.mark.parametrize("architecture", ["llama", "qwen2 with q/k/v biases"])
+def test_native_and_pytorch_int8_forwards_agree(architecture: str, tiny_model_dir: Path) -> None:
+    model, tokenizer = load_fp32(tiny_model_dir)
+    if architecture != "llama":
+        model = plain_qwen2(len(tokenizer))[0]
+    quantize_linears_int8(model)
+    prompts = prompts_of_lengths([6, 40, 19], seed=5)
+    native = greedy_with_logprobs((model, tokenizer), "on", prompts)
+    pytorch = greedy_with_logprobs((model, tokenizer), "off", prompts)
+    for (tokens, logprobs), (tokens_ref, logprobs_ref) in zip(native, pytorch):
+        assert tokens == tokens_ref
+        torch.testing.assert_close(torch.tensor(logprobs), torch.tensor(logprobs_ref), rtol=0, atol=2e-3)
+
+
+def test_fp32_weights_never_ask_for_native_kernels(tiny_model_dir: Path) -> None:
+    core = tiny_core(load_fp32(tiny_model_dir), native_kernels="on")
+    assert core.runner.native is None and core.runner.fused.kernels is None
+
+
+# ---------------------------------------------------------------------------- the build story
+
+
+def test_off_and_unknown_modes(tmp_path: Path) -> None:
+    off = NativeKernels("off", tmp_path)
+    assert off.module is None and not off.pending and off.unavailable == "native_kernels = off"
+    assert not (tmp_path / "native").exists()
+    with pytest.raises(NativeKernelsError, match="native_kernels must be one of auto, on, off, got 'fast'"):
+        NativeKernels("fast", tmp_path)
+
+
+def test_no_compiler_falls_back_in_auto_and_fails_clearly_in_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    auto = NativeKernels("auto", tmp_path)
+    assert auto.module is None and not auto.pending and "no C++ compiler found (install g++" in auto.unavailable
+    with pytest.raises(NativeKernelsError, match=re.escape("native_kernels = on, but no C++ compiler found (install g++")):
+        NativeKernels("on", tmp_path)
+
+
+def test_a_failing_compiler_is_reported_and_not_retried_in_auto(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    compiler = tmp_path / "broken-c++"
+    compiler.write_text("#!/bin/sh\n[ \"$1\" = --version ] && echo 'broken-c++ 1.0' && exit 0\n"
+                        "echo 'broken-c++: fatal error: this compiler always fails' >&2\nexit 1\n")
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CXX", str(compiler))
+    with pytest.raises(NativeKernelsError, match=r"(?s)building the native kernels failed.*this compiler always fails.*native_kernels = auto"):
+        NativeKernels("on", tmp_path)
+    folder = next((tmp_path / "native").iterdir())
+    assert (folder / FAILED_MARKER).exists() and not (folder / READY_MARKER).exists()
+    auto = NativeKernels("auto", tmp_path)  # knows it failed: no second 25 s attempt at every start
+    assert auto.module is None and not auto.pending and "the build failed earlier" in auto.unavailable
+
+
+def test_background_build_fails_into_the_pytorch_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CXX", "/bin/false")
+    kernels = NativeKernels("auto", tmp_path)
+    assert kernels.pending
+    deadline = time.monotonic() + 120
+    while kernels.pending and time.monotonic() < deadline:
+        assert kernels.poll() is None
+        time.sleep(0.2)
+    assert not kernels.pending and "the background build failed" in kernels.unavailable
+
+
+def test_background_build_takes_over_between_requests_only(tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh cache: the engine serves with PyTorch at once, builds in the background, and
+    switches once nothing runs, so no request changes path halfway."""
+    monkeypatch.setenv("LABS_CACHE_DIR", str(tmp_path))
+    model, tokenizer = load_fp32(tiny_model_dir)
+    quantize_linears_int8(model)
+    core = tiny_core((model, tokenizer))
+    native = core.runner.native
+    assert native.pending and core.runner.fused.kernels is None
+    sink = Collector()
+    params = SamplingParams(max_tokens=200, temperature=0, ignore_eos=True)
+    core.add_request("first", prompts_of_lengths([8])[0], params, sink)
+    core.step()
+    deadline = time.monotonic() + 300
+    while native.poll() is None:
+        assert time.monotonic() < deadline, f"the background build did not finish: {native.unavailable}"
+        time.sleep(0.5)
+    core.step()
+    assert core.scheduler.running and core.runner.fused.kernels is None  # "first" keeps its path
+    run_all(core)
+    assert core.runner.fused.kernels is native.module
+    core.add_request("second", prompts_of_lengths([8])[0], params, sink)
+    run_all(core)
+    assert_cache_empty(core)
+    assert len(sink.tokens("second")) == 200
