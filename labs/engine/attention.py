@@ -15,6 +15,7 @@ so the linear layers run once per step for the whole batch, and this function:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -56,6 +57,9 @@ class PagedBatch:
     slot_mapping: torch.Tensor  # [T] where each new token's key/value goes
     decode: DecodeRows | DenseDecodeRows | None = None
     prefills: list[PrefillChunk] = field(default_factory=list)
+    # labs.engine.native when the forward runs it (fp32 on CPU): cache writes and the decode
+    # softmax then take one kernel call each instead of several PyTorch operations
+    native: ModuleType | None = None
 
 
 def paged_attention_forward(
@@ -89,13 +93,16 @@ def paged_attention(layer: int, q: torch.Tensor, key: torch.Tensor, value: torch
     """Store the step's keys/values of `layer` in the cache and attend: q [T, heads, D], key and
     value [T, kv_heads, D] (any strides) -> [T, heads, D]."""
     key_cache, value_cache = batch.key_cache[layer], batch.value_cache[layer]
-    key_cache.index_copy_(1, batch.slot_mapping, key.transpose(0, 1).to(key_cache.dtype))
-    value_cache.index_copy_(1, batch.slot_mapping, value.transpose(0, 1).to(value_cache.dtype))
+    if batch.native is not None:
+        batch.native.store_pages(key, value, key_cache, value_cache, batch.slot_mapping)
+    else:
+        key_cache.index_copy_(1, batch.slot_mapping, key.transpose(0, 1).to(key_cache.dtype))
+        value_cache.index_copy_(1, batch.slot_mapping, value.transpose(0, 1).to(value_cache.dtype))
     scale = scaling if scaling is not None else q.shape[-1] ** -0.5
     decode = batch.decode
     decoded = None
     if isinstance(decode, DenseDecodeRows):
-        decoded = _dense_decode_attention(q, key, value, layer, decode, scale, sliding_window, softcap)
+        decoded = _dense_decode_attention(q, key, value, layer, decode, scale, sliding_window, softcap, batch.native)
     elif decode is not None:
         decoded = _decode_attention(q, key_cache, value_cache, decode, scale, sliding_window, softcap)
     if not batch.prefills:
@@ -135,7 +142,7 @@ def _decode_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: tor
 
 
 def _dense_decode_attention(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layer: int, decode: DenseDecodeRows,
-                            scale: float, sliding_window: int | None, softcap: float | None) -> torch.Tensor:
+                            scale: float, sliding_window: int | None, softcap: float | None, native: ModuleType | None = None) -> torch.Tensor:
     """One query token per sequence against its row of the decode buffer, read in place.
 
     Rows [0, count) of the buffer, cut to the longest context, are one batched matmul over
@@ -147,13 +154,20 @@ def _dense_decode_attention(q: torch.Tensor, key: torch.Tensor, value: torch.Ten
     _, kv_heads, head_dim, _ = keys.shape
     heads = q.shape[1]
     group = heads // kv_heads
-    keys.view(-1).put_(decode.key_write_index, key[:rows].reshape(-1).to(keys.dtype))
-    values.view(-1, head_dim).index_copy_(0, decode.value_write_index, value[:rows].reshape(-1, head_dim).to(values.dtype))
+    if native is not None:
+        native.store_decode_rows(key, value, keys, values, decode.lengths)
+    else:
+        keys.view(-1).put_(decode.key_write_index, key[:rows].reshape(-1).to(keys.dtype))
+        values.view(-1, head_dim).index_copy_(0, decode.value_write_index, value[:rows].reshape(-1, head_dim).to(values.dtype))
     keys = keys[:rows, :, :, :length].view(rows * kv_heads, head_dim, length)
     values = values[:rows, :, :length].view(rows * kv_heads, length, head_dim)
     queries = q[:rows].reshape(rows * kv_heads, group, head_dim)
-    scores = torch.bmm(queries.to(keys.dtype), keys).view(rows, kv_heads, group, length).mul_(scale)
-    probs = _decode_probs(scores, decode.padding, decode.lengths, sliding_window, softcap)
+    scores = torch.bmm(queries.to(keys.dtype), keys).view(rows, kv_heads, group, length)
+    if native is not None and sliding_window is None and softcap is None:
+        native.decode_softmax(scores, scale, decode.lengths)
+        probs = scores
+    else:
+        probs = _decode_probs(scores.mul_(scale), decode.padding, decode.lengths, sliding_window, softcap)
     return torch.bmm(probs.to(values.dtype).view(rows * kv_heads, group, length), values).view(rows, heads, head_dim).to(q.dtype)
 
 

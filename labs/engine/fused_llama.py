@@ -194,10 +194,11 @@ class FusedLlamaForward:
                              batch: PagedBatch, keep: torch.Tensor) -> torch.Tensor:
         """The same layers with int8 weights and fp32 activations on CPU, each group of
         elementwise operations done by one native kernel: a layer is 4 int8 matmuls, 6 kernel
-        calls and the attention."""
+        calls and the attention (whose cache writes and decode softmax use them too)."""
         tokens = hidden.shape[0]
         hidden = hidden.contiguous()
         cos, sin_signed = cos.contiguous(), sin_signed.contiguous()
+        batch.native = kernels
         q_width, kv_width = self.heads * self.head_dim, self.kv_heads * self.head_dim
         rotary_heads = self.heads + self.kv_heads
         x, x_scale = kernels.rms_norm_quantize(hidden, self.layers[0].input_norm, self.eps)

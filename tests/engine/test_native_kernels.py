@@ -170,6 +170,49 @@ def test_bad_inputs_are_refused_with_what_was_wrong(kernels: ModuleType) -> None
     assert_quantized_close(kernels.quantize(x), quantize_reference(x))  # and the module still works
 
 
+def test_store_pages_writes_each_token_to_its_slot(kernels: ModuleType) -> None:
+    qkv = torch.randn(5, 8 * 16)  # keys and values as views into a fused projection, like the forward's
+    key, value = qkv[:, :32].view(5, 2, 16), qkv[:, 32:64].view(5, 2, 16)
+    key_cache, value_cache = torch.zeros(2, 40, 16), torch.zeros(2, 40, 16)
+    slots = torch.tensor([3, 17, 4, 39, 0])
+    expected_keys, expected_values = key_cache.clone(), value_cache.clone()
+    expected_keys.index_copy_(1, slots, key.transpose(0, 1))
+    expected_values.index_copy_(1, slots, value.transpose(0, 1))
+    kernels.store_pages(key, value, key_cache, value_cache, slots)
+    assert torch.equal(key_cache, expected_keys) and torch.equal(value_cache, expected_values)
+    with pytest.raises(RuntimeError, match="slot 40 is outside the cache"):
+        kernels.store_pages(key, value, key_cache, value_cache, torch.tensor([1, 2, 3, 40, 5]))
+    with pytest.raises(RuntimeError, match="one int64 slot per token"):
+        kernels.store_pages(key, value, key_cache, value_cache, slots[:4])
+
+
+def test_store_decode_rows_writes_at_each_rows_length(kernels: ModuleType) -> None:
+    rows, heads, dims, capacity = 4, 2, 16, 24
+    keys, values = torch.zeros(rows, heads, dims, capacity), torch.zeros(rows, heads, capacity, dims)
+    qkv = torch.randn(6, 3 * heads * dims)  # 3 decoding rows, then 3 prefill tokens that stay out
+    key, value = qkv[:, :heads * dims].view(6, heads, dims), qkv[:, heads * dims:2 * heads * dims].view(6, heads, dims)
+    lengths = torch.tensor([1, 24, 9]).view(3, 1, 1, 1)
+    kernels.store_decode_rows(key, value, keys, values, lengths)
+    for row, length in enumerate([1, 24, 9]):
+        assert torch.equal(keys[row, :, :, length - 1], key[row]) and torch.equal(values[row, :, length - 1], value[row])
+    assert torch.count_nonzero(keys) == 3 * heads * dims and torch.count_nonzero(values) == 3 * heads * dims
+    with pytest.raises(RuntimeError, match="length 25 does not fit the buffer's 24 positions"):
+        kernels.store_decode_rows(key, value, keys, values, torch.tensor([1, 25, 3]))
+
+
+def test_decode_softmax_matches_pytorch_and_zeroes_past_each_length(kernels: ModuleType) -> None:
+    scores = torch.randn(5, 3, 3, 40) * 10
+    lengths = torch.tensor([40, 1, 17, 33, 8])
+    masked = torch.arange(40)[None, :] >= lengths[:, None]
+    expected = torch.softmax((scores * 0.125).masked_fill(masked[:, None, None, :], float("-inf")), dim=-1)
+    kernels.decode_softmax(scores, 0.125, lengths)
+    torch.testing.assert_close(scores, expected, rtol=1e-5, atol=1e-6)
+    poisoned = torch.randn(2, 1, 1, 8)
+    poisoned[1, 0, 0, 3] = float("nan")
+    kernels.decode_softmax(poisoned, 1.0, torch.tensor([8, 8]))
+    assert torch.isfinite(poisoned[0]).all() and torch.isnan(poisoned[1]).all()  # NaN spreads through its row only
+
+
 # ---------------------------------------------------------------------------- through the engine
 
 

@@ -268,6 +268,105 @@ std::tuple<Tensor, Tensor> silu_mul_quantize(const Tensor& acc, const Tensor& x_
   return {q, scale};
 }
 
+// The step's new keys and values into the paged cache: key/value [T, kv_heads, D] (any row and
+// head strides, contiguous head_dim) to slot slots[t] of caches [kv_heads, slots, D].
+void store_pages(const Tensor& key, const Tensor& value, Tensor& key_cache, Tensor& value_cache, const Tensor& slots) {
+  for (const Tensor* t : {&key, &value}) {
+    TORCH_CHECK(t->scalar_type() == torch::kFloat32 && t->dim() == 3 && t->stride(2) == 1,
+                "key and value must be float32 [tokens, kv_heads, head_dim] with contiguous head_dim");
+  }
+  TORCH_CHECK(value.sizes() == key.sizes(), "key and value must have the same shape");
+  for (const Tensor* t : {&key_cache, &value_cache}) {
+    TORCH_CHECK(t->scalar_type() == torch::kFloat32 && t->dim() == 3 && t->is_contiguous() && t->size(0) == key.size(1) &&
+                t->size(2) == key.size(2), "caches must be contiguous float32 [kv_heads, slots, head_dim] matching key");
+  }
+  TORCH_CHECK(slots.scalar_type() == torch::kInt64 && slots.is_contiguous() && slots.numel() == key.size(0),
+              "slots must hold one int64 slot per token");
+  const int64_t tokens = key.size(0), heads = key.size(1), dims = key.size(2), capacity = key_cache.size(1);
+  const int64_t* sp = slots.data_ptr<int64_t>();
+  for (int64_t t = 0; t < tokens; t++) TORCH_CHECK(sp[t] >= 0 && sp[t] < capacity, "slot ", sp[t], " is outside the cache (", capacity, " slots)");
+  const float* kp = key.data_ptr<float>();
+  const float* vp = value.data_ptr<float>();
+  float* kc = key_cache.data_ptr<float>();
+  float* vc = value_cache.data_ptr<float>();
+  for (int64_t t = 0; t < tokens; t++) {
+    for (int64_t h = 0; h < heads; h++) {
+      const int64_t to = (h * capacity + sp[t]) * dims;
+      std::memcpy(kc + to, kp + t * key.stride(0) + h * key.stride(1), dims * sizeof(float));
+      std::memcpy(vc + to, vp + t * value.stride(0) + h * value.stride(1), dims * sizeof(float));
+    }
+  }
+}
+
+// The decoding rows' new keys and values into the dense decode buffer: row i's token goes to
+// position lengths[i] - 1 of keys [rows, kv_heads, D, capacity] (transposed) and values
+// [rows, kv_heads, capacity, D]; key/value rows [0, count) are the decoding rows.
+void store_decode_rows(const Tensor& key, const Tensor& value, Tensor& keys, Tensor& values, const Tensor& lengths) {
+  for (const Tensor* t : {&key, &value}) {
+    TORCH_CHECK(t->scalar_type() == torch::kFloat32 && t->dim() == 3 && t->stride(2) == 1,
+                "key and value must be float32 [tokens, kv_heads, head_dim] with contiguous head_dim");
+  }
+  TORCH_CHECK(value.sizes() == key.sizes(), "key and value must have the same shape");
+  TORCH_CHECK(keys.scalar_type() == torch::kFloat32 && keys.dim() == 4 && keys.is_contiguous() && values.scalar_type() == torch::kFloat32 &&
+              values.dim() == 4 && values.is_contiguous(), "keys and values must be contiguous float32 4-D buffers");
+  const int64_t count = lengths.numel(), heads = key.size(1), dims = key.size(2), capacity = keys.size(3);
+  TORCH_CHECK(keys.size(1) == heads && keys.size(2) == dims && values.size(1) == heads && values.size(2) == capacity && values.size(3) == dims &&
+              values.size(0) == keys.size(0), "keys must be [rows, kv_heads, head_dim, capacity] and values [rows, kv_heads, capacity, head_dim]");
+  TORCH_CHECK(lengths.scalar_type() == torch::kInt64 && lengths.is_contiguous(), "lengths must be contiguous int64");
+  TORCH_CHECK(count <= key.size(0) && count <= keys.size(0), "more decoding rows than tokens or buffer rows");
+  const int64_t* lp = lengths.data_ptr<int64_t>();
+  for (int64_t i = 0; i < count; i++) TORCH_CHECK(lp[i] >= 1 && lp[i] <= capacity, "length ", lp[i], " does not fit the buffer's ", capacity, " positions");
+  const float* kp = key.data_ptr<float>();
+  const float* vp = value.data_ptr<float>();
+  float* kb = keys.data_ptr<float>();
+  float* vb = values.data_ptr<float>();
+  for (int64_t i = 0; i < count; i++) {
+    const int64_t position = lp[i] - 1;
+    for (int64_t h = 0; h < heads; h++) {
+      const float* k = kp + i * key.stride(0) + h * key.stride(1);
+      float* column = kb + ((i * heads + h) * dims) * capacity + position;
+      for (int64_t d = 0; d < dims; d++) column[d * capacity] = k[d];
+      std::memcpy(vb + ((i * heads + h) * capacity + position) * dims, vp + i * value.stride(0) + h * value.stride(1), dims * sizeof(float));
+    }
+  }
+}
+
+// Decode attention scores [count, kv_heads, group, L] -> probabilities, in place: times `scale`,
+// positions at or past lengths[i] masked out, softmax over L (what labs' _decode_probs does
+// without sliding windows or soft-capping).
+void decode_softmax(Tensor& scores, double scale, const Tensor& lengths) {
+  TORCH_CHECK(scores.scalar_type() == torch::kFloat32 && scores.dim() == 4 && scores.is_contiguous(),
+              "scores must be contiguous float32 [count, kv_heads, group, length]");
+  TORCH_CHECK(lengths.scalar_type() == torch::kInt64 && lengths.is_contiguous() && lengths.numel() == scores.size(0),
+              "lengths must hold one int64 length per sequence");
+  const int64_t count = scores.size(0), per_row = scores.size(1) * scores.size(2), width = scores.size(3);
+  const int64_t* lp = lengths.data_ptr<int64_t>();
+  float* sp = scores.data_ptr<float>();
+  const float factor = static_cast<float>(scale);
+  at::parallel_for(0, count, grain_for(per_row * width), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; i++) {
+      const int64_t valid = std::min(std::max<int64_t>(lp[i], 0), width);
+      for (int64_t r = 0; r < per_row; r++) {
+        float* row = sp + (i * per_row + r) * width;
+        float top = -INFINITY;
+#pragma omp simd reduction(max : top)
+        for (int64_t k = 0; k < valid; k++) top = std::max(top, row[k] * factor);
+        float total = 0.f;
+#pragma omp simd reduction(+ : total)
+        for (int64_t k = 0; k < valid; k++) {
+          const float e = vector_exp(row[k] * factor - top);
+          row[k] = e;
+          total += e;
+        }
+        const float inverse = valid > 0 ? 1.f / total : 0.f;
+#pragma omp simd
+        for (int64_t k = 0; k < valid; k++) row[k] *= inverse;
+        for (int64_t k = valid; k < width; k++) row[k] = 0.f;
+      }
+    }
+  });
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "labs fused row kernels for the int8 CPU forward";
   // Released like torch's own operations, so the API's event loop runs while a kernel does.
@@ -279,4 +378,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("residual_rms_norm_quantize", &residual_rms_norm_quantize, "hidden += products; RMSNorm(hidden) * weight quantized", without_gil);
   m.def("residual_add", &residual_add, "hidden += products", without_gil);
   m.def("silu_mul_quantize", &silu_mul_quantize, "SiLU(gate) * up quantized per row", without_gil);
+  m.def("store_pages", &store_pages, "the step's keys and values into the paged cache", without_gil);
+  m.def("store_decode_rows", &store_decode_rows, "the decoding rows' keys and values into the decode buffer", without_gil);
+  m.def("decode_softmax", &decode_softmax, "scale, mask past each length and softmax decode scores in place", without_gil);
 }
