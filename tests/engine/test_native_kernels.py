@@ -291,6 +291,14 @@ def test_background_build_fails_into_the_pytorch_path(tmp_path: Path, monkeypatc
     assert not kernels.pending and "the background build failed" in kernels.unavailable
 
 
+def test_waiting_for_a_failing_background_build_settles_on_pytorch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CXX", "/bin/false")
+    kernels = NativeKernels("auto", tmp_path)
+    assert kernels.pending
+    assert kernels.wait() is None  # auto never raises: it reports and stays on PyTorch
+    assert not kernels.pending and "building the native kernels failed" in kernels.unavailable
+
+
 def test_background_build_takes_over_between_requests_only(tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A fresh cache: the engine serves with PyTorch at once, builds in the background, and
     switches once nothing runs, so no request changes path halfway."""

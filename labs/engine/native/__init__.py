@@ -141,10 +141,10 @@ class NativeKernels:
         self._key = build_key()
         self._folder = (cache_dir or default_cache_dir()) / "native" / self._key
         self._folder.mkdir(parents=True, exist_ok=True)
-        if mode == "on":
-            self._build(wait=True)
+        if (self._folder / READY_MARKER).exists():
             self._load()
-        elif (self._folder / READY_MARKER).exists():
+        elif mode == "on":
+            self._build(wait=True)
             self._load()
         elif (self._folder / FAILED_MARKER).exists():
             self._give_up(f"the build failed earlier (log: {self._folder / BUILD_LOG}); set native_kernels = on to retry and see why")
@@ -176,8 +176,12 @@ class NativeKernels:
 
     def wait(self) -> ModuleType | None:
         """Block until a pending build settles (tests and benchmarks that need a fixed path)."""
-        if self.pending:
-            self._build(wait=True)
+        if self.pending:  # only in auto mode: a failure leaves the PyTorch path, as in the background
+            try:
+                self._build(wait=True)
+            except NativeKernelsError as exc:
+                self._give_up(str(exc))
+                return None
             self._load()
         return self.module
 
@@ -192,6 +196,8 @@ class NativeKernels:
 
     def _build(self, wait: bool) -> None:
         command = [sys.executable, "-m", "labs.engine.native.build", str(self._folder), self._key]
+        if wait and (self._folder / READY_MARKER).exists():
+            return
         if wait:
             logger.info("building the native kernels into %s (once per machine, ~25 s)", self._folder)
             result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True)
