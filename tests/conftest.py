@@ -15,7 +15,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from labs.engine.native import NativeKernels, missing_toolchain  # noqa: E402
+from labs.engine.native import NativeKernels, NativeKernelsError, missing_toolchain  # noqa: E402
 from labs.models.embedded import embedded_chat_model_file  # noqa: E402
 from labs.models.gguf_cache import ensure_converted  # noqa: E402
 
@@ -42,7 +42,10 @@ def labs_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cache = tmp_path_factory.mktemp("labs-cache")
     ensure_converted(embedded_chat_model_file(DEFAULT_ALIAS), cache)
     if missing_toolchain() is None:
-        NativeKernels("on", cache)
+        try:
+            NativeKernels("on", cache)
+        except NativeKernelsError:
+            pass  # tests/engine/test_native_kernels.py fails with the compiler's output; the rest run on PyTorch
     return cache
 
 
