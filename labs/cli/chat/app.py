@@ -133,6 +133,7 @@ class ChatApp:
             finally:
                 events.put(Event("end"))
 
+        self.backend.new_turn()
         worker = threading.Thread(target=work, name="labs-chat-turn", daemon=True)
         stats: TurnStats | None = None
         dropped = 0

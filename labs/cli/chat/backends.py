@@ -2,7 +2,8 @@
 
 `Backend.stream(messages, params, sink)` blocks (the app runs it in a worker thread) and hands
 `Event`s to `sink` as they come; `abort()` is called from the main thread (Ctrl-C) and makes the
-stream end soon with finish_reason "abort". All torch work stays on the torch thread: the local
+stream end soon with finish_reason "abort", whenever it comes (`new_turn()` before each turn
+forgets the previous one's). All torch work stays on the torch thread: the local
 backend only talks to the Engine, which owns it.
 """
 
@@ -182,7 +183,6 @@ class LocalBackend:
         from labs.engine.sequence import RequestOutput
 
         started = time.perf_counter()
-        self._aborted.clear()
         question = history[-1]["content"] if history and history[-1]["role"] == "user" else None
         if use_rag and question is not None:
             answer = self.answer_from_data(question)
@@ -206,11 +206,18 @@ class LocalBackend:
         splitter = self._splitter(tail)
 
         def on_output(out: RequestOutput) -> None:
+            if self._aborted.is_set() and not out.finished:
+                self.engine.abort(request_id)  # a Ctrl-C that came before the request reached the engine
             if stats.completion_tokens == 0 and out.new_token_ids:
                 stats.time_to_first_token = time.perf_counter() - started
             stats.completion_tokens += len(out.new_token_ids)
             self._emit(splitter, out.text_delta, sink)
 
+        if self._aborted.is_set():  # stopped while the prompt was being prepared: nothing to generate
+            self._request_id = None
+            sink(Event("done", data=TurnStats(prompt_tokens=len(ids), source=source, finish_reason="abort",
+                                              seconds=time.perf_counter() - started)))
+            return dropped
         try:
             result = self.engine.generate(ids, params, on_output, request_id=request_id)
         finally:
@@ -246,6 +253,11 @@ class LocalBackend:
             sink(Event("reasoning", reasoning))
         if content:
             sink(Event("content", content))
+
+    def new_turn(self) -> None:
+        """Forget the previous turn's Ctrl-C; called before the turn's worker starts, so a Ctrl-C
+        that comes before the worker runs still stops this turn."""
+        self._aborted.clear()
 
     def abort(self) -> None:
         self._aborted.set()
@@ -307,7 +319,6 @@ class ServerBackend:
         import openai
 
         started = time.perf_counter()
-        self._aborted.clear()
         stats = TurnStats()
         extra: dict[str, Any] = {"top_k": params.top_k, "repetition_penalty": params.repetition_penalty}
         if use_docs:
@@ -359,6 +370,10 @@ class ServerBackend:
         stats.seconds = time.perf_counter() - started
         sink(Event("done", data=stats))
         return 0
+
+    def new_turn(self) -> None:
+        """Forget the previous turn's Ctrl-C (see LocalBackend.new_turn)."""
+        self._aborted.clear()
 
     def abort(self) -> None:
         self._aborted.set()

@@ -59,6 +59,7 @@ def test_chat_save_quit_load_and_continue(tiny_model_dir: Path, chat_env: dict[s
     command(child, "/save", r"saved as trip")  # the name it was loaded under
     child.sendintr()  # first Ctrl-C at the empty prompt: a hint
     child.expect("Ctrl-C again")
+    child.expect(PROMPT)  # a Ctrl-C in the instant between the hint and the new prompt is not at the prompt
     child.sendintr()  # second: exit
     child.expect(pexpect.EOF)
     saved = json.loads((Path(chat_env["LABS_HOME"]) / "conversations" / "trip.json").read_text())
@@ -68,18 +69,36 @@ def test_chat_save_quit_load_and_continue(tiny_model_dir: Path, chat_env: dict[s
 
 def test_ctrl_c_stops_the_answer_and_the_chat_goes_on(default_model_dir: Path, chat_env: dict[str, str]) -> None:
     # The real model writes this story for 200+ tokens without stopping (greedy), at ~80-90
-    # tokens/s here: after 1 s it is still writing when the Ctrl-C comes.
+    # tokens/s here; 2000 would take ~25 s: after 2.5 s it is writing when the Ctrl-C comes.
     child = spawn(["chat", "--model", "smollm2-135m-instruct"], chat_env)
     command(child, "/set max_tokens 2000", "max_tokens = 2000")
     command(child, "/set temperature 0", "temperature = 0")
     child.sendline("Write a very long story about a dragon who learns to fly.")
-    time.sleep(1.0)
+    time.sleep(2.5)
     child.sendintr()
-    child.expect(r"stopped")
+    child.expect(r"(\d+) tokens, first token [\d.]+ s, [\d.]+ tok/s \(stopped\)")
+    assert 0 < int(child.match.group(1)) < 1000
     child.expect(PROMPT)
     command(child, "/set max_tokens 3", "max_tokens = 3")
     command(child, "Still there?", r"tok/s")
     command(child, "/stats", r"stopped")
+    child.sendline("/exit")
+    child.expect(pexpect.EOF)
+
+
+def test_ctrl_c_before_the_first_token_stops_the_turn(default_model_dir: Path, chat_env: dict[str, str]) -> None:
+    """A Ctrl-C while the prompt is still being prepared (before the request reaches the engine)
+    must stop the turn too, not let 2000 tokens run."""
+    child = spawn(["chat", "--model", "smollm2-135m-instruct"], chat_env)
+    command(child, "/set max_tokens 2000", "max_tokens = 2000")
+    command(child, "/set temperature 0", "temperature = 0")
+    child.sendline("Write a very long story about a dragon who learns to fly.")
+    time.sleep(0.5)
+    child.sendintr()
+    child.expect(r"stopped", timeout=15)
+    child.expect(PROMPT)
+    command(child, "/set max_tokens 3", "max_tokens = 3")
+    command(child, "Still there?", r"tok/s")
     child.sendline("/exit")
     child.expect(pexpect.EOF)
 
