@@ -258,6 +258,15 @@ def test_off_and_unknown_modes(tmp_path: Path) -> None:
         NativeKernels("fast", tmp_path)
 
 
+def test_an_unwritable_cache_falls_back_in_auto_and_fails_clearly_in_on(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder would go")
+    auto = NativeKernels("auto", blocker)
+    assert auto.module is None and not auto.pending and "point cache_dir at a writable folder" in auto.unavailable
+    with pytest.raises(NativeKernelsError, match="native_kernels = on, but cannot create"):
+        NativeKernels("on", blocker)
+
+
 def test_no_compiler_falls_back_in_auto_and_fails_clearly_in_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     auto = NativeKernels("auto", tmp_path)

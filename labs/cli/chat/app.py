@@ -7,6 +7,7 @@ which aborts the request (the engine frees its cache) and returns to the prompt.
 from __future__ import annotations
 
 import queue
+import signal
 import sys
 import threading
 from collections.abc import Iterator
@@ -296,6 +297,10 @@ def run_chat(settings: Settings, server: str | None = None, api_key: str | None 
     session = ChatSession(model=backend.model_name, params=params, system=settings.generation.system_prompt)
     store = ConversationStore(Path(settings.paths.home) / "conversations")
     app = ChatApp(settings, backend, out, store, session)
+    if rich:
+        # Ctrl-C stops an answer even when this process inherited SIGINT as ignored (as commands
+        # started with `&` from a script do): the terminal chat promises it.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         app.run(TerminalInput(Path(settings.paths.home)) if rich else read_plain())
     finally:

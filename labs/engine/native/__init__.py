@@ -140,7 +140,11 @@ class NativeKernels:
             return
         self._key = build_key()
         self._folder = (cache_dir or default_cache_dir()) / "native" / self._key
-        self._folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self._folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            self._give_up(f"cannot create {self._folder} ({exc.strerror}); point cache_dir at a writable folder")
+            return
         if (self._folder / READY_MARKER).exists():
             self._load()
         elif mode == "on":
