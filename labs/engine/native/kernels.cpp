@@ -87,6 +87,15 @@ inline void dequantize_row(const int32_t* acc, float x_scale, const float* w_sca
   }
 }
 
+// The step's new keys and values as the forward makes them: views into the qkv projection.
+void check_step_keys_values(const Tensor& key, const Tensor& value) {
+  for (const Tensor* t : {&key, &value}) {
+    TORCH_CHECK(t->scalar_type() == torch::kFloat32 && t->dim() == 3 && t->stride(2) == 1,
+                "key and value must be float32 [tokens, kv_heads, head_dim] with contiguous head_dim");
+  }
+  TORCH_CHECK(value.sizes() == key.sizes(), "key and value must have the same shape");
+}
+
 }  // namespace
 
 // RMSNorm(x) * weight, quantized per row: (q [M, K] int8, scale [M, 1]).
@@ -271,11 +280,7 @@ std::tuple<Tensor, Tensor> silu_mul_quantize(const Tensor& acc, const Tensor& x_
 // The step's new keys and values into the paged cache: key/value [T, kv_heads, D] (any row and
 // head strides, contiguous head_dim) to slot slots[t] of caches [kv_heads, slots, D].
 void store_pages(const Tensor& key, const Tensor& value, Tensor& key_cache, Tensor& value_cache, const Tensor& slots) {
-  for (const Tensor* t : {&key, &value}) {
-    TORCH_CHECK(t->scalar_type() == torch::kFloat32 && t->dim() == 3 && t->stride(2) == 1,
-                "key and value must be float32 [tokens, kv_heads, head_dim] with contiguous head_dim");
-  }
-  TORCH_CHECK(value.sizes() == key.sizes(), "key and value must have the same shape");
+  check_step_keys_values(key, value);
   for (const Tensor* t : {&key_cache, &value_cache}) {
     TORCH_CHECK(t->scalar_type() == torch::kFloat32 && t->dim() == 3 && t->is_contiguous() && t->size(0) == key.size(1) &&
                 t->size(2) == key.size(2), "caches must be contiguous float32 [kv_heads, slots, head_dim] matching key");
@@ -302,11 +307,7 @@ void store_pages(const Tensor& key, const Tensor& value, Tensor& key_cache, Tens
 // position lengths[i] - 1 of keys [rows, kv_heads, D, capacity] (transposed) and values
 // [rows, kv_heads, capacity, D]; key/value rows [0, count) are the decoding rows.
 void store_decode_rows(const Tensor& key, const Tensor& value, Tensor& keys, Tensor& values, const Tensor& lengths) {
-  for (const Tensor* t : {&key, &value}) {
-    TORCH_CHECK(t->scalar_type() == torch::kFloat32 && t->dim() == 3 && t->stride(2) == 1,
-                "key and value must be float32 [tokens, kv_heads, head_dim] with contiguous head_dim");
-  }
-  TORCH_CHECK(value.sizes() == key.sizes(), "key and value must have the same shape");
+  check_step_keys_values(key, value);
   TORCH_CHECK(keys.scalar_type() == torch::kFloat32 && keys.dim() == 4 && keys.is_contiguous() && values.scalar_type() == torch::kFloat32 &&
               values.dim() == 4 && values.is_contiguous(), "keys and values must be contiguous float32 4-D buffers");
   const int64_t count = lengths.numel(), heads = key.size(1), dims = key.size(2), capacity = keys.size(3);

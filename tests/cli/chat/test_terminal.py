@@ -67,15 +67,21 @@ def test_chat_save_quit_load_and_continue(tiny_model_dir: Path, chat_env: dict[s
     assert (Path(chat_env["LABS_HOME"]) / "chat_history").read_text().count("And then?") == 1  # prompt history file
 
 
-def test_ctrl_c_stops_the_answer_and_the_chat_goes_on(default_model_dir: Path, chat_env: dict[str, str]) -> None:
-    # The real model writes this story for 200+ tokens without stopping (greedy), at ~80-90
-    # tokens/s here; 2000 would take ~25 s: after 2.5 s it is writing when the Ctrl-C comes.
+def interrupt_a_long_story(chat_env: dict[str, str], after_seconds: float) -> pexpect.spawn:
+    """Ask the real model for a story it writes for 200+ tokens without stopping (greedy), at
+    ~80-90 tokens/s here, so 2000 would take ~25 s; press Ctrl-C `after_seconds` later."""
     child = spawn(["chat", "--model", "smollm2-135m-instruct"], chat_env)
     command(child, "/set max_tokens 2000", "max_tokens = 2000")
     command(child, "/set temperature 0", "temperature = 0")
     child.sendline("Write a very long story about a dragon who learns to fly.")
-    time.sleep(2.5)
+    time.sleep(after_seconds)
     child.sendintr()
+    return child
+
+
+def test_ctrl_c_stops_the_answer_and_the_chat_goes_on(default_model_dir: Path, chat_env: dict[str, str]) -> None:
+    # after 2.5 s the model is writing the story when the Ctrl-C comes
+    child = interrupt_a_long_story(chat_env, after_seconds=2.5)
     child.expect(r"(\d+) tokens, first token [\d.]+ s, [\d.]+ tok/s \(stopped\)")
     assert 0 < int(child.match.group(1)) < 1000
     child.expect(PROMPT)
@@ -89,12 +95,7 @@ def test_ctrl_c_stops_the_answer_and_the_chat_goes_on(default_model_dir: Path, c
 def test_ctrl_c_before_the_first_token_stops_the_turn(default_model_dir: Path, chat_env: dict[str, str]) -> None:
     """A Ctrl-C while the prompt is still being prepared (before the request reaches the engine)
     must stop the turn too, not let 2000 tokens run."""
-    child = spawn(["chat", "--model", "smollm2-135m-instruct"], chat_env)
-    command(child, "/set max_tokens 2000", "max_tokens = 2000")
-    command(child, "/set temperature 0", "temperature = 0")
-    child.sendline("Write a very long story about a dragon who learns to fly.")
-    time.sleep(0.5)
-    child.sendintr()
+    child = interrupt_a_long_story(chat_env, after_seconds=0.5)
     child.expect(r"stopped", timeout=15)
     child.expect(PROMPT)
     command(child, "/set max_tokens 3", "max_tokens = 3")
