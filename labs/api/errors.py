@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -25,6 +26,7 @@ from labs.rag.documents import DocumentError, DocumentLoadError, DocumentPathErr
 from labs.rag.transactions import TransactionsFileError
 from labs.serving.documents import PathNotAllowedError
 from labs.models.prompting import PromptError
+from labs.serving.errors import GenerationFailedError, InvalidTurnError, TurnAbortedError
 from labs.serving.models import ModelNotAvailableError, ModelsBusyError
 
 logger = logging.getLogger(__name__)
@@ -50,6 +52,24 @@ class APIError(Exception):
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
+ErrorShape = Callable[[APIError], JSONResponse]
+_SHAPES: list[tuple[str, ErrorShape]] = []
+
+
+def register_error_shape(path_prefix: str, shape: ErrorShape) -> None:
+    """Errors on paths under `path_prefix` are rendered by `shape` (each protocol has its own error body)."""
+    _SHAPES.append((path_prefix, shape))
+
+
+def error_response(request: Request, error: APIError) -> JSONResponse:
+    """The error in the shape of the protocol the request's path belongs to (OpenAI's by default)."""
+    path = request.url.path
+    for prefix, shape in _SHAPES:
+        if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
+            return shape(error)
+    return error.response()
+
+
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
     return APIError(400, message, param=param, code=code)
 
@@ -58,6 +78,12 @@ def to_api_error(error: BaseException) -> APIError:
     """Map the product's errors to HTTP; anything unknown is a 500 whose details stay in the log."""
     if isinstance(error, APIError):
         return error
+    if isinstance(error, InvalidTurnError):
+        return bad_request(str(error), param=error.param, code=error.code)
+    if isinstance(error, GenerationFailedError):
+        return APIError(500, str(error), type="server_error", code="generation_failed")
+    if isinstance(error, TurnAbortedError):
+        return APIError(503, str(error), type="server_error", code="engine_unavailable")
     if isinstance(error, SamplingParamsError):
         return bad_request(str(error), param=error.field)
     if isinstance(error, EngineRequestError):
@@ -124,29 +150,29 @@ def _validation_message(error: RequestValidationError) -> tuple[str, str | None]
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
-    async def api_error(_request: Request, error: APIError) -> JSONResponse:
-        return error.response()
+    async def api_error(request: Request, error: APIError) -> JSONResponse:
+        return error_response(request, error)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_request: Request, error: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
         message, param = _validation_message(error)
-        return bad_request(message, param=param).response()
+        return error_response(request, bad_request(message, param=param))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         if error.status_code == 404:
             message = f"no route {request.method} {request.url.path}; see /docs for the API"
-            return APIError(404, message, code="not_found", headers=error.headers).response()
+            return error_response(request, APIError(404, message, code="not_found", headers=error.headers))
         if error.status_code == 405:
             message = f"{request.method} is not allowed on {request.url.path}"
-            return APIError(405, message, code="method_not_allowed", headers=error.headers).response()
+            return error_response(request, APIError(405, message, code="method_not_allowed", headers=error.headers))
         code = "request_too_large" if error.status_code == 413 else None
-        return APIError(error.status_code, str(error.detail), code=code, headers=error.headers).response()
+        return error_response(request, APIError(error.status_code, str(error.detail), code=code, headers=error.headers))
 
     @app.exception_handler(LabsError)
-    async def labs_error(_request: Request, error: LabsError) -> JSONResponse:
-        return to_api_error(error).response()
+    async def labs_error(request: Request, error: LabsError) -> JSONResponse:
+        return error_response(request, to_api_error(error))
 
     @app.exception_handler(Exception)
-    async def unexpected(_request: Request, error: Exception) -> JSONResponse:
-        return to_api_error(error).response()
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        return error_response(request, to_api_error(error))

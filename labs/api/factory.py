@@ -21,13 +21,8 @@ from labs.api.metrics import Metrics
 from labs.api.middleware import BodySizeLimit, RequestMetrics
 from labs.api.routes import chat, completions, embeddings, models, ops, rag, simple, tokens
 from labs.api.state import ServerState
-from labs.api.translate import Limits
 from labs.config import Settings, load_settings
-from labs.engine.defaults import engine_config_from_settings
-from labs.serving.documents import DocumentsService
-from labs.serving.embedding_service import EmbeddingService
-from labs.serving.models import ModelRegistry
-from labs.serving.transactions import TransactionsService
+from labs.serving.build import server_serving
 
 logger = logging.getLogger(__name__)
 
@@ -39,14 +34,10 @@ send `Authorization: Bearer KEY` (the **Authorize** button below); `/health` and
 
 
 def build_state(settings: Settings) -> ServerState:
-    server = settings.server
-    registry = ModelRegistry(settings, engine_config_from_settings(settings), server.max_loaded_models,
-                             server.model_idle_ttl)
     metrics = Metrics()
-    embedding_service = EmbeddingService(settings, metrics)
-    metrics.watch_engines(registry)
-    return ServerState(settings, registry, embedding_service, metrics, Limits.from_settings(settings),
-                       TransactionsService(settings), DocumentsService(settings))
+    serving = server_serving(settings, metrics)
+    metrics.watch_engines(serving.models)
+    return ServerState(settings, serving, metrics)
 
 
 async def _unload_idle_models(state: ServerState) -> None:
@@ -70,8 +61,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.server.preload_on_start:
             logger.info("preloading %s before accepting traffic", state.models.default_id)
-            served = await state.models.acquire(None)
-            state.models.release(served)
+            async with state.models.use(None):
+                pass
         sweeper = asyncio.create_task(_unload_idle_models(state))
         try:
             yield

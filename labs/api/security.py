@@ -1,25 +1,31 @@
-"""Optional API keys: `Authorization: Bearer KEY`, compared in constant time against every key."""
+"""Optional API keys: `Authorization: Bearer KEY` (OpenAI, Ollama) or `x-api-key: KEY` (Anthropic),
+compared in constant time against every key."""
 
 from __future__ import annotations
 
 import hmac
 
 from fastapi import Request, Security
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from labs.api.errors import APIError
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from LABS_API_KEY (only when the server sets one).")
+_x_api_key = APIKeyHeader(name="x-api-key", auto_error=False,
+                          description="The same key, as Anthropic clients send it.")
 
 
-def require_api_key(request: Request, credentials: HTTPAuthorizationCredentials | None = Security(_bearer)) -> None:
+def require_api_key(request: Request, credentials: HTTPAuthorizationCredentials | None = Security(_bearer),
+                    x_api_key: str | None = Security(_x_api_key)) -> None:
     keys: tuple[str, ...] = request.app.state.labs.settings.server.api_keys
     if not keys:
         return
-    if credentials is None:
-        raise APIError(401, "this server needs an API key: send the header 'Authorization: Bearer <key>'",
+    given_text = credentials.credentials if credentials is not None else x_api_key
+    if not given_text:
+        raise APIError(401, "this server needs an API key: send the header 'Authorization: Bearer <key>' "
+                            "(or 'x-api-key: <key>')",
                        code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
-    given = credentials.credentials.encode()
+    given = given_text.encode()
     matched = False
     for key in keys:  # no early exit: the time taken does not reveal which key, or how much of it, matched
         matched |= hmac.compare_digest(given, key.encode())

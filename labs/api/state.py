@@ -1,4 +1,4 @@
-"""What the routes share: settings, the model registry, embeddings, metrics and limits."""
+"""What the routes share: the serving core, the settings and the metrics."""
 
 from __future__ import annotations
 
@@ -7,23 +7,40 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from labs.api.metrics import Metrics
-from labs.api.translate import Limits
 from labs.config import Settings
 from labs.serving.documents import DocumentsService
 from labs.serving.embedding_service import EmbeddingService
 from labs.serving.models import ModelRegistry
+from labs.serving.sampling import Limits
 from labs.serving.transactions import TransactionsService
+from labs.serving.turns import Serving
 
 
 @dataclass
 class ServerState:
     settings: Settings
-    models: ModelRegistry
-    embeddings: EmbeddingService
+    serving: Serving
     metrics: Metrics
-    limits: Limits
-    transactions: TransactionsService
-    documents: DocumentsService
+
+    @property
+    def models(self) -> ModelRegistry:
+        return self.serving.models
+
+    @property
+    def embeddings(self) -> EmbeddingService:
+        return self.serving.embeddings
+
+    @property
+    def limits(self) -> Limits:
+        return self.serving.limits
+
+    @property
+    def transactions(self) -> TransactionsService:
+        return self.serving.transactions
+
+    @property
+    def documents(self) -> DocumentsService:
+        return self.serving.documents
 
 
 def get_state(request: Request) -> ServerState:

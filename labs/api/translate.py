@@ -1,69 +1,21 @@
-"""From API request bodies to engine inputs: server limits, sampling parameters and prompt tokens.
+"""OpenAI chat and completions bodies as neutral turns (labs.serving.turn).
 
-Fields a request leaves out take the server's configured defaults ([generation] in labs.toml),
-so an operator's choice of temperature or max_new_tokens holds for every client. An explicit
-value is checked against the server's limits and then by SamplingParams.
+Fields a request leaves out stay None here: the serving core fills them from the layered
+defaults (labs.serving.sampling), the same for every protocol.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from typing import Any
 
-from labs.api.errors import APIError, bad_request
-from labs.api.schemas import ChatCompletionRequest, ChatMessage, SamplingFields
-from labs.config import Settings
-from labs.engine.guided import GuidedDecoding
-from labs.engine.sampling import SamplingParams
-from labs.models.prompting import prompt_token_ids
-from labs.serving.models import ServedModel
-from labs.serving.tools import (
-    ToolsError,
-    render_messages_for_fallback,
-    resolve_tool_choice,
-    template_supports_tools,
-    tools_system_prompt,
-    validate_tools,
-)
+from labs.api.errors import bad_request
+from labs.api.schemas import ChatCompletionRequest, SamplingFields
+from labs.serving.guided import GuidedDecoding
+from labs.serving.turn import RequestedSampling, Turn
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_n: int
-    max_tokens: int
-    max_messages: int
-    max_input_chars: int
-    max_embedding_inputs: int
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> "Limits":
-        server = settings.server
-        return cls(server.max_n, server.max_tokens_limit, server.max_messages, server.max_input_chars,
-                   server.max_embedding_inputs)
-
-
-def check_input_chars(chars: int, limits: Limits, param: str) -> None:
-    if chars > limits.max_input_chars:
-        raise bad_request(f"the input has {chars} characters, more than the server's limit of {limits.max_input_chars} "
-                          "(LABS_MAX_INPUT_CHARS)", param=param, code="input_too_long")
-
-
-def check_messages(messages: list[ChatMessage], limits: Limits) -> list[dict[str, Any]]:
-    if len(messages) > limits.max_messages:
-        raise bad_request(f"the request has {len(messages)} messages, more than the server's limit of "
-                          f"{limits.max_messages} (LABS_MAX_MESSAGES)", param="messages")
-    chars = 0
-    for message in messages:
-        if isinstance(message.content, str):
-            chars += len(message.content)
-        elif isinstance(message.content, list):
-            chars += sum(len(str(part.get("text", ""))) for part in message.content)
-    check_input_chars(chars, limits, "messages")
-    return [message.model_dump(exclude_none=True) for message in messages]
 
 
 def _logit_bias(bias: dict[str, float] | None) -> dict[int, float] | None:
@@ -79,44 +31,32 @@ def _logit_bias(bias: dict[str, float] | None) -> dict[int, float] | None:
     return result
 
 
-def sampling_params(body: SamplingFields, settings: Settings, limits: Limits, *, max_tokens: int | None,
-                    room: int, logprobs: int | None = None) -> SamplingParams:
-    """`room` is what the context leaves after the prompt: an unset max_tokens never exceeds it."""
-    generation = settings.generation
-    n = body.n if body.n is not None else 1
-    if n > limits.max_n:
-        raise bad_request(f"n must be at most {limits.max_n} on this server (LABS_MAX_N), got {n}", param="n")
-    if max_tokens is not None and max_tokens > limits.max_tokens:
-        raise bad_request(f"max_tokens must be at most {limits.max_tokens} on this server (LABS_MAX_TOKENS_LIMIT), "
-                          f"got {max_tokens}", param="max_tokens")
-    if max_tokens is None:
-        max_tokens = max(1, min(generation.max_new_tokens, limits.max_tokens, room))
+def requested_sampling(body: SamplingFields, *, max_tokens: int | None, logprobs: int | None = None) -> RequestedSampling:
+    """The sampling fields of an OpenAI chat or completions body, as given (defaults come later)."""
     if body.stream_options is not None and not body.stream:
         raise bad_request("stream_options is only allowed when stream is true", param="stream_options")
-    default_temperature = generation.temperature if generation.do_sample else 0.0
-    return SamplingParams(
-        max_tokens=max_tokens,
-        temperature=_pick(body.temperature, default_temperature),
-        top_p=_pick(body.top_p, generation.top_p),
-        top_k=_pick(body.top_k, generation.top_k),
-        min_p=_pick(body.min_p, 0.0),
-        repetition_penalty=_pick(body.repetition_penalty, generation.repetition_penalty),
-        presence_penalty=_pick(body.presence_penalty, 0.0),
-        frequency_penalty=_pick(body.frequency_penalty, 0.0),
-        logit_bias=_logit_bias(body.logit_bias),
-        seed=_pick(body.seed, generation.seed),
-        stop=body.stop if body.stop is not None else [],
-        stop_token_ids=body.stop_token_ids or [],
-        ignore_eos=bool(body.ignore_eos),
-        min_tokens=_pick(body.min_tokens, 0),
-        n=n,
-        logprobs=logprobs,
+    stop = [body.stop] if isinstance(body.stop, str) else body.stop
+    return RequestedSampling(
+        max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, top_k=body.top_k, min_p=body.min_p,
+        repetition_penalty=body.repetition_penalty, presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty, logit_bias=_logit_bias(body.logit_bias), seed=body.seed, stop=stop,
+        stop_token_ids=body.stop_token_ids, ignore_eos=body.ignore_eos, min_tokens=body.min_tokens, n=body.n,
+        logprobs=logprobs)
+
+
+def chat_turn(body: ChatCompletionRequest) -> Turn:
+    """POST /v1/chat/completions as a neutral turn."""
+    max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+    return Turn(
+        messages=[message.model_dump(exclude_none=True) for message in body.messages],
+        model=body.model,
+        sampling=requested_sampling(body, max_tokens=max_tokens, logprobs=chat_logprobs(body)),
+        tools=body.tools or [],
+        tool_choice=body.tool_choice,
         guided=guided_decoding(body),
+        use_data=body.use_rag,
+        use_docs=bool(body.use_rag),
     )
-
-
-def _pick(value: Any, default: Any) -> Any:
-    return default if value is None else value
 
 
 def _structured_outputs(spec: dict[str, Any]) -> GuidedDecoding:
@@ -177,87 +117,3 @@ def guided_decoding(body: SamplingFields) -> GuidedDecoding | None:
         raise bad_request("give at most one of response_format (json), guided_json, guided_regex, guided_choice, "
                           "guided_grammar and structured_outputs", param=asked[1].field)
     return asked[0] if asked else None
-
-
-@dataclass(frozen=True)
-class ToolPlan:
-    """How a chat request uses tools: which, the choice, and whether decoding is forced to a call."""
-
-    tools: list[dict[str, Any]]
-    choice: str  # none, auto, required, or a function name
-
-    @property
-    def active(self) -> bool:
-        return bool(self.tools) and self.choice != "none"
-
-    @property
-    def forced(self) -> bool:
-        return self.active and self.choice != "auto"
-
-
-def tool_plan(body: ChatCompletionRequest) -> ToolPlan:
-    try:
-        tools = validate_tools(body.tools or [])
-        return ToolPlan(tools, resolve_tool_choice(body.tool_choice, tools))
-    except ToolsError as error:
-        raise bad_request(str(error), param=error.param) from None
-
-
-def chat_prompt_ids(served: ServedModel, messages: list[dict[str, Any]], settings: Settings,
-                    plan: ToolPlan | None = None) -> list[int]:
-    generation = settings.generation
-    tools = None
-    if plan is not None and plan.active and template_supports_tools(served.tokenizer) and generation.use_chat_template:
-        tools = plan.tools
-        messages = [_with_argument_objects(m) for m in messages]
-    elif plan is not None and (plan.active or any(m.get("tool_calls") or m["role"] == "tool" for m in messages)):
-        messages = render_messages_for_fallback(messages)
-        if plan.active:
-            instructions = {"role": "system", "content": tools_system_prompt(plan.tools, plan.choice)}
-            if messages and messages[0]["role"] in ("system", "developer"):
-                messages = [{**messages[0], "content": f"{messages[0]['content']}\n\n{instructions['content']}"}, *messages[1:]]
-            else:
-                messages = [instructions, *messages]
-    return prompt_token_ids(
-        served.tokenizer,
-        messages=messages,
-        system=generation.system_prompt,
-        use_chat_template=generation.use_chat_template,
-        add_generation_prompt=generation.add_generation_prompt,
-        tools=tools,
-    )
-
-
-def _with_argument_objects(message: dict[str, Any]) -> dict[str, Any]:
-    """Chat templates expect tool-call arguments as objects; the OpenAI API sends them as JSON text."""
-    if not message.get("tool_calls"):
-        return message
-    calls = []
-    for call in message["tool_calls"]:
-        function = dict(call.get("function", {}))
-        try:
-            function["arguments"] = json.loads(function.get("arguments") or "{}")
-        except (json.JSONDecodeError, TypeError):
-            pass
-        calls.append({**call, "function": function})
-    return {**message, "tool_calls": calls}
-
-
-def context_room(served: ServedModel, prompt_ids: list[int], param: str) -> int:
-    """Tokens the context leaves after the prompt; a prompt that fills it is a 400 naming both numbers."""
-    room = served.context_length - len(prompt_ids)
-    if room < 1:
-        raise bad_request(
-            f"the prompt has {len(prompt_ids)} tokens but {served.id}'s context is {served.context_length} tokens: "
-            "shorten it", param=param, code="context_length_exceeded")
-    return room
-
-
-def check_max_tokens_fit(served: ServedModel, prompt_ids: list[int], max_tokens: int | None, param: str) -> None:
-    if max_tokens is not None and len(prompt_ids) + max_tokens > served.context_length:
-        raise APIError(
-            400,
-            f"the prompt ({len(prompt_ids)} tokens) plus max_tokens ({max_tokens}) exceeds {served.id}'s context of "
-            f"{served.context_length} tokens: ask for at most {served.context_length - len(prompt_ids)} tokens or "
-            "shorten the prompt",
-            param=param, code="context_length_exceeded")

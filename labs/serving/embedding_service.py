@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 
 class EmbeddingService:
-    def __init__(self, settings: Settings, metrics: Any) -> None:
+    def __init__(self, settings: Settings, metrics: Any) -> None:  # metrics None: not counted (the CLI)
         self.settings = settings
         self.metrics = metrics
         self.model_id: str = settings.embeddings.model
@@ -60,9 +60,10 @@ class EmbeddingService:
         assert self._batcher is not None
         started = time.perf_counter()
         result = await self._batcher.embed(inputs)
-        self.metrics.embedding_inputs.inc(len(inputs))
-        self.metrics.embedding_tokens.inc(sum(result.token_counts))
-        self.metrics.embedding_seconds.observe(time.perf_counter() - started)
+        if self.metrics is not None:
+            self.metrics.embedding_inputs.inc(len(inputs))
+            self.metrics.embedding_tokens.inc(sum(result.token_counts))
+            self.metrics.embedding_seconds.observe(time.perf_counter() - started)
         return result
 
     async def close(self) -> None:

@@ -14,7 +14,7 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from labs.config import Settings
@@ -26,6 +26,14 @@ from labs.models import LoadedModel, load_model
 from labs.serving.reasoning import ReasoningTags, detect_reasoning_tags
 
 logger = logging.getLogger(__name__)
+
+
+def short_id(spec: str) -> str:
+    """The id a model named by path (or Hub id) is listed under: its folder or file name, without .gguf."""
+    if "/" not in spec and "\\" not in spec and not spec.endswith(".gguf"):
+        return spec
+    name = spec.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]
+    return name.removesuffix(".gguf") or spec
 
 
 class ModelNotAvailableError(LabsError):
@@ -69,14 +77,32 @@ class ServedModel:
     def context_length(self) -> int:
         return self.loaded.context_length
 
+    @property
+    def recommended(self) -> dict:
+        """The sampling the model's authors recommend (a defaults layer under labs.toml)."""
+        return self.loaded.recommended_sampling
+
+
+EngineSizing = Callable[[LoadedModel], EngineConfig]
+
 
 class ModelRegistry:
-    def __init__(self, settings: Settings, engine_config: EngineConfig, max_loaded: int, idle_ttl: float) -> None:
+    """`engine_config` is a fixed config, or a function of the loaded model (a CLI sizes the KV cache
+    for one conversation of that model rather than a server's budget); `progress` hears about loads."""
+
+    def __init__(self, settings: Settings, engine_config: EngineConfig | EngineSizing, max_loaded: int,
+                 idle_ttl: float, progress: Callable[[str], None] | None = None) -> None:
         self.settings = settings
         self.engine_config = engine_config
+        self.progress = progress
         self.max_loaded = max_loaded
         self.idle_ttl = idle_ttl
-        self.default_id = settings.generation.model_name
+        # A model configured by path is served under its folder or file name (and answers to the path too).
+        self._specs: dict[str, str | None] = {short_id(settings.generation.model_name): None}
+        for alias in settings.model_aliases:
+            self._specs.setdefault(alias, alias)
+        self.default_id = short_id(settings.generation.model_name)
+        self._spellings = {settings.generation.model_name: self.default_id}
         self._loaded: dict[str, ServedModel] = {}
         self._loading: dict[str, asyncio.Future[ServedModel]] = {}
         self._lock = asyncio.Lock()  # guards loading decisions; loads themselves run on the torch thread
@@ -85,16 +111,19 @@ class ModelRegistry:
     # ------------------------------------------------------------------ what is offered
 
     def available_ids(self) -> list[str]:
-        ids = [self.default_id]
-        ids.extend(alias for alias in self.settings.model_aliases if alias != self.default_id)
-        return ids
+        return list(self._specs)
 
     def resolve_id(self, requested: str | None) -> str:
-        """The served id for a request's `model` field (empty means the default)."""
+        """The served id for a request's `model` field (empty means the default).
+
+        Ollama clients add a tag (`name:latest`): the untagged name answers to `:latest`."""
         if requested is None or requested == "":
             return self.default_id
-        if requested in self.available_ids():
-            return requested
+        for spelling in (requested, requested.removesuffix(":latest")):
+            if spelling in self._specs:
+                return spelling
+            if spelling in self._spellings:
+                return self._spellings[spelling]
         raise ModelNotAvailableError(requested, self.available_ids())
 
     def loaded(self, model_id: str) -> ServedModel | None:
@@ -111,14 +140,15 @@ class ModelRegistry:
 
     @contextlib.asynccontextmanager
     async def use(self, requested: str | None) -> AsyncIterator[ServedModel]:
-        """Hold a model for one request: it is loaded if needed and not unloaded until released."""
-        served = await self.acquire(requested)
+        """Hold a model for one request: it is loaded if needed and not unloaded until the block ends."""
+        served = await self._acquire(requested)
         try:
             yield served
         finally:
-            self.release(served)
+            served.in_flight -= 1
+            served.last_used = time.monotonic()
 
-    async def acquire(self, requested: str | None) -> ServedModel:
+    async def _acquire(self, requested: str | None) -> ServedModel:
         model_id = self.resolve_id(requested)
         while True:
             served = self._loaded.get(model_id)
@@ -149,10 +179,6 @@ class ModelRegistry:
             else:
                 await asyncio.shield(pending)  # then loop: it may have been unloaded meanwhile
 
-    def release(self, served: ServedModel) -> None:
-        served.in_flight -= 1
-        served.last_used = time.monotonic()
-
     # ------------------------------------------------------------------ loading and unloading
 
     async def _load(self, model_id: str) -> None:
@@ -167,7 +193,7 @@ class ModelRegistry:
                         f"(LABS_MAX_LOADED_MODELS={self.max_loaded}); retry shortly or raise the limit"
                     )
                 await self._unload(victim, reason="to make room for " + model_id)
-            spec = None if model_id == self.default_id else model_id
+            spec = self._specs[model_id]
             logger.info("loading model %s", model_id)
             served = await asyncio.wrap_future(torch_thread().submit(lambda: self._build(model_id, spec)))
             self._loaded[model_id] = served
@@ -175,8 +201,9 @@ class ModelRegistry:
 
     def _build(self, model_id: str, spec: str | None) -> ServedModel:
         """On the torch thread: load weights and start an engine."""
-        loaded = load_model(self.settings, spec)
-        engine = Engine(loaded.model, loaded.tokenizer, loaded.context_length, self.engine_config)
+        loaded = load_model(self.settings, spec, progress=self.progress)
+        config = self.engine_config(loaded) if callable(self.engine_config) else self.engine_config
+        engine = Engine(loaded.model, loaded.tokenizer, loaded.context_length, config)
         return ServedModel(model_id, loaded, engine, detect_reasoning_tags(loaded.tokenizer))
 
     def _least_recently_used_idle(self) -> ServedModel | None:

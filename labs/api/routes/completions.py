@@ -16,14 +16,15 @@ from fastapi.responses import JSONResponse
 
 from labs.api.errors import bad_request
 from labs.api.logprobs import completion_logprobs
-from labs.api.running import Collected, collect_outputs, finish_error, new_id, stream_outputs, until_disconnected
+from labs.api.running import until_disconnected
 from labs.api.schemas import CompletionRequest
 from labs.api.security import require_api_key
 from labs.api.sse import data_event, event_stream_response, openai_stream
 from labs.api.state import ServerState, get_state
-from labs.api.translate import check_input_chars, check_max_tokens_fit, context_room, sampling_params
-from labs.engine.sampling import SamplingParams
-from labs.serving.models import ServedModel
+from labs.api.translate import guided_decoding, requested_sampling
+from labs.serving.events import Finish, TextDelta, Usage
+from labs.serving.turn import Turn
+from labs.serving.turns import TurnEvents, TurnResult, check_input_chars, collect
 
 router = APIRouter(dependencies=[Depends(require_api_key)], tags=["OpenAI"])
 
@@ -41,12 +42,6 @@ def _prompts(body: CompletionRequest) -> list[str | list[int]]:
     return list(prompt)  # type: ignore[arg-type]
 
 
-def _encode(served: ServedModel, prompt: str | list[int]) -> list[int]:
-    if isinstance(prompt, str):
-        return list(served.tokenizer(prompt)["input_ids"])
-    return list(prompt)
-
-
 def _check_fields(body: CompletionRequest) -> None:
     if body.suffix:
         raise bad_request("suffix (insertion) is not supported by this server", param="suffix")
@@ -56,85 +51,82 @@ def _check_fields(body: CompletionRequest) -> None:
         raise bad_request(f"logprobs must be between 0 and {MAX_LEGACY_LOGPROBS}, got {body.logprobs}", param="logprobs")
 
 
+def _turn(body: CompletionRequest, prompt: str | list[int]) -> Turn:
+    return Turn(raw=prompt, model=body.model, id_prefix="cmpl", messages_param="prompt",
+                sampling=requested_sampling(body, max_tokens=body.max_tokens, logprobs=body.logprobs),
+                guided=guided_decoding(body))
+
+
 @router.post("/v1/completions", summary="Text completion (OpenAI legacy API)")
 async def completions(body: CompletionRequest, request: Request, state: ServerState = Depends(get_state)) -> Any:
     _check_fields(body)
     prompts = _prompts(body)
     check_input_chars(sum(len(p) for p in prompts if isinstance(p, str)), state.limits, "prompt")
-    served = await state.models.acquire(body.model)
+    opened: list[TurnEvents] = []
     try:
-        encoded = [_encode(served, prompt) for prompt in prompts]
-        params_list: list[SamplingParams] = []
-        for ids in encoded:
-            if not ids:
-                raise bad_request("prompt must not be empty", param="prompt")
-            room = context_room(served, ids, "prompt")
-            check_max_tokens_fit(served, ids, body.max_tokens, "max_tokens")
-            params_list.append(sampling_params(body, state.settings, state.limits, max_tokens=body.max_tokens,
-                                               room=room, logprobs=body.logprobs))
-            served.engine.check(ids, params_list[-1])
-        request_id = new_id("cmpl")
-        texts = [p if isinstance(p, str) else served.tokenizer.decode(p) for p in prompts]
-        if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            events = _stream(state, served, encoded, params_list, request_id, texts if body.echo else None, include_usage)
-            return event_stream_response(openai_stream(events))
-        results: list[Collected] = await until_disconnected(request, asyncio.gather(*(
-            collect_outputs(served, ids, params, f"{request_id}-{i}", state.metrics)
-            for i, (ids, params) in enumerate(zip(encoded, params_list))
-        )))
+        for prompt in prompts:  # every prompt is checked before anything is generated or streamed
+            opened.append(await state.serving.open_turn(_turn(body, prompt)))
     except BaseException:
-        state.models.release(served)
+        await asyncio.gather(*(events.aclose() for events in opened))
         raise
-    state.models.release(served)
+    started = opened[0].started
+    texts = [p if isinstance(p, str) else _decode(started, p) for p in prompts]
+    echo = texts if body.echo else None
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return event_stream_response(openai_stream(_stream(opened, echo, include_usage)))
+    try:
+        results: list[TurnResult] = await until_disconnected(request, asyncio.gather(*(collect(e) for e in opened)))
+    finally:
+        await asyncio.gather(*(events.aclose() for events in opened))
     choices = []
-    n = params_list[0].n
-    for prompt_index, collected in enumerate(results):
+    n = started.n
+    for prompt_index, result in enumerate(results):
         prefix = texts[prompt_index] if body.echo else ""
-        for sample in collected.samples:
-            choices.append({
-                "index": prompt_index * n + sample.index,
-                "text": prefix + sample.text,
-                "logprobs": completion_logprobs(served.tokenizer, sample, len(prefix)) if body.logprobs is not None else None,
-                "finish_reason": sample.finish_reason,
-            })
-    prompt_tokens = sum(c.prompt_tokens for c in results)
-    completion_tokens = sum(c.completion_tokens for c in results)
+        for sample in result.samples:
+            logprobs = (completion_logprobs(started.token_text, sample, len(prefix))
+                        if body.logprobs is not None else None)
+            choices.append({"index": prompt_index * n + sample.index, "text": prefix + sample.text,
+                            "logprobs": logprobs, "finish_reason": sample.finish_reason})
+    prompt_tokens = sum(r.usage.prompt_tokens for r in results)
+    completion_tokens = sum(r.usage.completion_tokens for r in results)
     return JSONResponse({
-        "id": request_id, "object": "text_completion", "created": int(time.time()), "model": served.id,
+        "id": started.id, "object": "text_completion", "created": started.created, "model": started.model,
         "choices": choices,
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                   "total_tokens": prompt_tokens + completion_tokens},
     })
 
 
-async def _stream(state: ServerState, served: ServedModel, encoded: list[list[int]], params_list: list[SamplingParams],
-                  request_id: str, echo: list[str] | None, include_usage: bool) -> AsyncIterator[str]:
-    created = int(time.time())
-    n = params_list[0].n
+def _decode(started: Any, ids: list[int]) -> str:
+    return "".join(started.token_text(token) for token in ids)
+
+
+async def _stream(opened: list[TurnEvents], echo: list[str] | None, include_usage: bool) -> AsyncIterator[str]:
+    started = opened[0].started
+    n = started.n
+    head = {"id": started.id, "object": "text_completion", "created": started.created, "model": started.model}
     usage_field = {"usage": None} if include_usage else {}
     queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
-    offsets = [[len(echo[i]) if echo else 0] * n for i in range(len(encoded))]
+    offsets = [[len(echo[i]) if echo else 0] * n for i in range(len(opened))]
 
-    async def pump(prompt_index: int, ids: list[int], params: SamplingParams) -> None:
-        outputs = stream_outputs(served, ids, params, f"{request_id}-{prompt_index}", state.metrics)
+    async def pump(prompt_index: int, events: TurnEvents) -> None:
         try:
-            async for out in outputs:
-                await queue.put((prompt_index, out))
+            async for event in events:
+                await queue.put((prompt_index, event))
         except Exception as error:  # noqa: BLE001 - handed to the consumer
             await queue.put((prompt_index, error))
         finally:
-            await outputs.aclose()
+            await events.aclose()
+            await queue.put((prompt_index, None))
 
     def chunk(index: int, text: str, finish_reason: str | None, logprobs: Any = None) -> str:
-        return data_event({"id": request_id, "object": "text_completion", "created": created, "model": served.id,
-                           "choices": [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}],
-                           **usage_field})
+        return data_event({**head, "choices": [{"index": index, "text": text, "logprobs": logprobs,
+                                                "finish_reason": finish_reason}], **usage_field})
 
-    tasks = [asyncio.create_task(pump(i, ids, params)) for i, (ids, params) in enumerate(zip(encoded, params_list))]
-    remaining = len(encoded) * n
-    prompt_tokens = [0] * len(encoded)
-    completion_tokens = 0
+    tasks = [asyncio.create_task(pump(i, events)) for i, events in enumerate(opened)]
+    remaining = len(opened)
+    prompt_tokens = completion_tokens = 0
     try:
         if echo:
             for prompt_index, text in enumerate(echo):
@@ -142,29 +134,27 @@ async def _stream(state: ServerState, served: ServedModel, encoded: list[list[in
                     yield chunk(prompt_index * n + sample, text, None)
         while remaining:
             prompt_index, item = await queue.get()
-            if isinstance(item, Exception):
-                raise item
-            out = item
-            prompt_tokens[prompt_index] = out.prompt_tokens or len(encoded[prompt_index])
-            completion_tokens += len(out.new_token_ids)
-            if out.finished and (error := finish_error(out)) is not None:
-                raise error
-            index = prompt_index * n + out.index
-            logprobs = None
-            if params_list[prompt_index].logprobs is not None and out.new_token_ids:
-                logprobs = completion_logprobs(served.tokenizer, out, offsets[prompt_index][out.index])
-            offsets[prompt_index][out.index] += len(out.text_delta)
-            if out.text_delta or logprobs is not None or out.finished:
-                yield chunk(index, out.text_delta, out.finish_reason if out.finished else None, logprobs)
-            if out.finished:
+            if item is None:
                 remaining -= 1
+            elif isinstance(item, Exception):
+                raise item
+            elif isinstance(item, TextDelta):
+                logprobs = None
+                if item.logprobs is not None and item.token_ids:
+                    logprobs = completion_logprobs(started.token_text, item, offsets[prompt_index][item.index])
+                offsets[prompt_index][item.index] += len(item.text)
+                if item.text or logprobs is not None:
+                    yield chunk(prompt_index * n + item.index, item.text, None, logprobs)
+            elif isinstance(item, Finish):
+                yield chunk(prompt_index * n + item.index, "", item.reason)
+            elif isinstance(item, Usage):
+                prompt_tokens += item.prompt_tokens
+                completion_tokens += item.completion_tokens
         if include_usage:
-            total_prompt = sum(prompt_tokens)
-            yield data_event({"id": request_id, "object": "text_completion", "created": created, "model": served.id,
-                              "choices": [], "usage": {"prompt_tokens": total_prompt, "completion_tokens": completion_tokens,
-                                                       "total_tokens": total_prompt + completion_tokens}})
+            yield data_event({**head, "choices": [], "usage": {"prompt_tokens": prompt_tokens,
+                                                               "completion_tokens": completion_tokens,
+                                                               "total_tokens": prompt_tokens + completion_tokens}})
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        state.models.release(served)

@@ -16,7 +16,9 @@ from labs.api.errors import bad_request
 from labs.api.schemas import EmbeddingRequest, SimilarityRequest
 from labs.api.security import require_api_key
 from labs.api.state import ServerState, get_state
-from labs.api.translate import Limits, check_input_chars
+from labs.serving.sampling import Limits
+from labs.serving.text import check_text
+from labs.serving.turns import check_input_chars
 from labs.embeddings.vectors import cosine_similarity_matrix, to_base64, truncate_dimensions
 
 router = APIRouter(dependencies=[Depends(require_api_key)], tags=["Embeddings"])
@@ -48,6 +50,7 @@ async def create_embeddings(body: EmbeddingRequest, state: ServerState = Depends
     state.embeddings.check_model(body.model)
     inputs = _inputs(body.input)
     _check_count(len(inputs), state.limits, "input")
+    check_text(inputs, "input")
     check_input_chars(sum(len(item) for item in inputs if isinstance(item, str)), state.limits, "input")
     result = await state.embeddings.embed(inputs)
     vectors = result.vectors
@@ -78,6 +81,7 @@ async def similarities(body: SimilarityRequest, state: ServerState = Depends(get
         raise bad_request("texts is required (a list of strings; 'sentences' is accepted too)", param="texts")
     state.embeddings.check_model(body.model)
     _check_count(len(texts), state.limits, "texts")
+    check_text(texts, "texts")
     check_input_chars(sum(len(text) for text in texts), state.limits, "texts")
     result = await state.embeddings.embed(texts)
     return JSONResponse(

@@ -19,13 +19,15 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from labs.api.errors import APIError, bad_request
-from labs.api.running import collect_outputs, finish_error, new_id, stream_outputs, until_disconnected
+from labs.api.running import until_disconnected
 from labs.api.schemas import DocumentsQueryRequest, TransactionsQueryRequest
 from labs.api.security import require_api_key
 from labs.api.sse import data_event, event_stream_response, openai_stream
 from labs.api.state import ServerState, get_state
-from labs.api.translate import chat_prompt_ids, check_input_chars, check_max_tokens_fit, context_room
-from labs.engine.sampling import SamplingParams
+from labs.serving.events import Finish, Sources, TextDelta, Usage
+from labs.serving.text import check_text
+from labs.serving.turn import RequestedSampling, Turn
+from labs.serving.turns import TurnEvents, check_input_chars, collect
 
 router = APIRouter(dependencies=[Depends(require_api_key)], tags=["Retrieval"])
 
@@ -45,6 +47,7 @@ def _question(body: Any, state: ServerState) -> str:
     question = body.question if body.question is not None else body.query
     if not question or not question.strip():
         raise bad_request("question is required (a non-empty string; 'query' is accepted too)", param="question")
+    check_text(question, "question")
     check_input_chars(len(question), state.limits, "question")
     return question
 
@@ -105,56 +108,43 @@ async def delete_document(document_id: str, state: ServerState = Depends(get_sta
 
 @router.post("/v1/rag/query", summary="Answer from the documents, with sources")
 async def documents_query(body: DocumentsQueryRequest, request: Request, state: ServerState = Depends(get_state)) -> Any:
-    question = _question(body, state)
-    model = await state.embeddings.model()
-    hits = await asyncio.to_thread(state.documents.search, model, question, body.top_k, body.score_threshold)
-    served = await state.models.acquire(body.model)
+    turn = Turn(prompt=_question(body, state), model=body.model, use_data=False, use_docs=True,
+                docs_top_k=body.top_k, docs_score_threshold=body.score_threshold, id_prefix="rag",
+                messages_param="question",
+                sampling=RequestedSampling(max_tokens=body.max_tokens, temperature=body.temperature, seed=body.seed))
+    events = await state.serving.open_turn(turn)
+    if body.stream:
+        return event_stream_response(openai_stream(_stream(events, body.include_sources)))
     try:
-        answer_tokens = body.max_tokens or min(state.settings.generation.max_new_tokens, served.context_length // 4)
-        messages, sources = state.documents.messages(question, hits, served.context_length, answer_tokens)
-        sources = sources if body.include_sources else []
-        prompt_ids = chat_prompt_ids(served, messages, state.settings)
-        room = context_room(served, prompt_ids, "question")
-        check_max_tokens_fit(served, prompt_ids, body.max_tokens, "max_tokens")
-        generation = state.settings.generation
-        params = SamplingParams(
-            max_tokens=body.max_tokens or max(1, min(generation.max_new_tokens, state.limits.max_tokens, room)),
-            temperature=body.temperature if body.temperature is not None else 0.0,  # answers from sources: no invention
-            seed=body.seed,
-        )
-        request_id = new_id("rag")
-        if body.stream:
-            return event_stream_response(openai_stream(_stream(state, served, prompt_ids, params, request_id, sources)))
-        collected = await until_disconnected(request, collect_outputs(served, prompt_ids, params, request_id, state.metrics))
-    except BaseException:
-        state.models.release(served)
-        raise
-    state.models.release(served)
-    sample = collected.samples[0]
+        result = await until_disconnected(request, collect(events))
+    finally:
+        await events.aclose()
+    sample = result.samples[0]
+    sources = result.sources.data if result.sources is not None and body.include_sources else []
     return JSONResponse({
-        "answer": sample.text, "sources": sources, "source": "documents", "model": served.id,
+        "answer": sample.text, "sources": sources, "source": "documents", "model": result.model,
         "finish_reason": sample.finish_reason,
-        "usage": {"prompt_tokens": collected.prompt_tokens, "completion_tokens": collected.completion_tokens,
-                  "total_tokens": collected.prompt_tokens + collected.completion_tokens},
+        "usage": {"prompt_tokens": result.usage.prompt_tokens, "completion_tokens": result.usage.completion_tokens,
+                  "total_tokens": result.usage.total_tokens},
     })
 
 
-async def _stream(state: ServerState, served: Any, prompt_ids: list[int], params: SamplingParams, request_id: str,
-                  sources: list[dict[str, Any]]) -> AsyncIterator[str]:
-    outputs = stream_outputs(served, prompt_ids, params, request_id, state.metrics)
-    tokens = 0
+async def _stream(events: TurnEvents, include_sources: bool) -> AsyncIterator[str]:
+    started = events.started
+    finish = None
     try:
-        yield data_event({"id": request_id, "sources": sources, "source": "documents", "model": served.id})
-        async for out in outputs:
-            tokens += len(out.new_token_ids)
-            if out.finished and (error := finish_error(out)) is not None:
-                raise error
-            if out.text_delta:
-                yield data_event({"delta": out.text_delta})
-            if out.finished:
-                yield data_event({"finish_reason": out.finish_reason,
-                                  "usage": {"prompt_tokens": len(prompt_ids), "completion_tokens": tokens,
-                                            "total_tokens": len(prompt_ids) + tokens}})
+        async for event in events:
+            if isinstance(event, Sources):
+                yield data_event({"id": started.id, "sources": event.data if include_sources else [],
+                                  "source": "documents", "model": started.model})
+            elif isinstance(event, TextDelta) and event.text:
+                yield data_event({"delta": event.text})
+            elif isinstance(event, Finish):
+                finish = event.reason
+            elif isinstance(event, Usage):
+                yield data_event({"finish_reason": finish,
+                                  "usage": {"prompt_tokens": event.prompt_tokens,
+                                            "completion_tokens": event.completion_tokens,
+                                            "total_tokens": event.total_tokens}})
     finally:
-        await outputs.aclose()
-        state.models.release(served)
+        await events.aclose()

@@ -10,8 +10,7 @@ from labs.api.errors import bad_request
 from labs.api.schemas import DetokenizeRequest, TokenizeRequest
 from labs.api.security import require_api_key
 from labs.api.state import ServerState, get_state
-from labs.api.translate import check_input_chars, check_messages
-from labs.models.prompting import prompt_token_ids
+from labs.serving.turn import Turn
 
 router = APIRouter(dependencies=[Depends(require_api_key)], tags=["Tokens"])
 
@@ -20,16 +19,13 @@ router = APIRouter(dependencies=[Depends(require_api_key)], tags=["Tokens"])
 async def tokenize(body: TokenizeRequest, state: ServerState = Depends(get_state)) -> dict[str, Any]:
     if (body.prompt is None) == (body.messages is None):
         raise bad_request("give either prompt or messages", param="prompt")
-    async with state.models.use(body.model) as served:
-        if body.prompt is not None:
-            check_input_chars(len(body.prompt), state.limits, "prompt")
-            ids = list(served.tokenizer(body.prompt, add_special_tokens=body.add_special_tokens)["input_ids"])
-        else:
-            generation = state.settings.generation
-            ids = prompt_token_ids(served.tokenizer, messages=check_messages(body.messages, state.limits),
-                                   system=generation.system_prompt, use_chat_template=generation.use_chat_template,
-                                   add_generation_prompt=body.add_generation_prompt)
-        return {"model": served.id, "tokens": ids, "count": len(ids), "max_model_len": served.context_length}
+    messages = [m.model_dump(exclude_none=True) for m in body.messages] if body.messages is not None else None
+    turn = Turn(prompt=body.prompt, messages=messages, model=body.model,
+                messages_param="prompt" if body.prompt is not None else "messages")
+    counted = await state.serving.tokenize(turn, add_special_tokens=body.add_special_tokens,
+                                           add_generation_prompt=body.add_generation_prompt)
+    return {"model": counted.model, "tokens": counted.ids, "count": len(counted.ids),
+            "max_model_len": counted.context_length}
 
 
 @router.post("/v1/detokenize", summary="Token ids to text")

@@ -1,0 +1,48 @@
+"""Building the serving core for a server (a KV cache budget shared by many requests) or for one
+user at a terminal (a cache sized for one conversation of the model that loads)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from labs.config import Settings
+from labs.engine.core import EngineConfig
+from labs.engine.defaults import engine_config_from_settings
+from labs.engine.kv_cache import cache_shape_for
+from labs.models import LoadedModel
+from labs.serving.documents import DocumentsService
+from labs.serving.embedding_service import EmbeddingService
+from labs.serving.models import ModelRegistry
+from labs.serving.sampling import Limits
+from labs.serving.transactions import TransactionsService
+from labs.serving.turns import Serving
+
+
+def server_serving(settings: Settings, metrics: Any) -> Serving:
+    """For labs-api: at most LABS_MAX_LOADED_MODELS engines, each with the configured cache budget."""
+    server = settings.server
+    registry = ModelRegistry(settings, engine_config_from_settings(settings), server.max_loaded_models,
+                             server.model_idle_ttl)
+    return _serving(settings, registry, EmbeddingService(settings, metrics), metrics)
+
+
+def local_serving(settings: Settings, progress: Callable[[str], None] | None = None) -> Serving:
+    """For labs-gen and the local chat: one model at a time, its cache sized for one full context
+    (unless LABS_KV_CACHE_MEMORY is set), never unloaded for idleness."""
+    registry = ModelRegistry(settings, _one_conversation(settings), max_loaded=1, idle_ttl=0, progress=progress)
+    return _serving(settings, registry, EmbeddingService(settings, None), None)
+
+
+def _one_conversation(settings: Settings) -> Callable[[LoadedModel], EngineConfig]:
+    def sizing(loaded: LoadedModel) -> EngineConfig:
+        if str(settings.engine.kv_cache_memory).lower() != "auto":
+            return engine_config_from_settings(settings)
+        per_token = cache_shape_for(loaded.model, loaded.context_length).bytes_per_token
+        return engine_config_from_settings(settings, page_bytes=(loaded.context_length + 64) * per_token)
+
+    return sizing
+
+
+def _serving(settings: Settings, registry: ModelRegistry, embeddings: EmbeddingService, metrics: Any) -> Serving:
+    return Serving(settings, registry, TransactionsService(settings), DocumentsService(settings), embeddings,
+                   Limits.from_settings(settings), metrics)
