@@ -84,22 +84,34 @@ def tiny_model_dir(default_model_dir: Path, tmp_path_factory: pytest.TempPathFac
     return folder
 
 
+def build_reasoning_model(tiny_model_dir: Path, folder: Path, opened: str, silent_tags: bool = False) -> Path:
+    """The tiny model with <think>/</think> tokens, its generation prompt ending in `opened`.
+
+    With `silent_tags` the tags' (tied) embedding rows are zero, so their logit is 0 and never the
+    largest: greedy output never closes the reasoning.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.add_tokens(["<think>", "</think>"])
+    opener = "'<|im_start|>assistant\n'"  # the template holds a real newline
+    assert opener in tokenizer.chat_template
+    tokenizer.chat_template = tokenizer.chat_template.replace(opener, f"'<|im_start|>assistant\n{opened}'")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=not silent_tags)
+    if silent_tags:
+        with torch.no_grad():
+            model.get_input_embeddings().weight[-2:] = 0
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def thinking_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model as a reasoning model: <think>/</think> tokens, the generation prompt opens the thinking.
 
     Its output starts inside the reasoning, as with DeepSeek-R1-0528's template.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder = tmp_path_factory.mktemp("thinking-model")
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    tokenizer.add_tokens(["<think>", "</think>"])
-    opener = "'<|im_start|>assistant\n'"  # the template holds a real newline
-    assert opener in tokenizer.chat_template
-    tokenizer.chat_template = tokenizer.chat_template.replace(opener, "'<|im_start|>assistant\n<think>\n'")
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    model.resize_token_embeddings(len(tokenizer))
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return build_reasoning_model(tiny_model_dir, tmp_path_factory.mktemp("thinking-model"), "<think>\n")

@@ -9,6 +9,7 @@ memory address: the details go to the server log under an id the body gives.
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -19,14 +20,20 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from labs.embeddings import EmbeddingInputError
-from labs.engine.errors import EngineDeadError, EngineOverloadedError, EngineRequestError
-from labs.engine.sampling import SamplingParamsError
 from labs.errors import ConfigError, LabsError, ModelLoadError, ModelNotFoundError
 from labs.rag.documents import DocumentError, DocumentLoadError, DocumentPathError, DocumentStoreError
 from labs.rag.transactions import TransactionsFileError
 from labs.serving.documents import PathNotAllowedError
 from labs.models.prompting import PromptError
-from labs.serving.errors import GenerationFailedError, InvalidTurnError, TurnAbortedError
+from labs.serving.errors import (
+    EngineDeadError,
+    EngineOverloadedError,
+    EngineRequestError,
+    GenerationFailedError,
+    InvalidTurnError,
+    SamplingParamsError,
+    TurnAbortedError,
+)
 from labs.serving.models import ModelNotAvailableError, ModelsBusyError
 
 logger = logging.getLogger(__name__)
@@ -129,6 +136,26 @@ def to_api_error(error: BaseException) -> APIError:
                     type="server_error", code="internal_error")
 
 
+_TYPE_TAG = re.compile(r"^(str|int|float|bool|bytes|none)$|\[")  # how pydantic names a union's members
+
+
+def _union_at(problems: list[Any]) -> int | None:
+    """Where in the first error's location pydantic named a union member ('stop', 'str') rather than a field.
+
+    A member is known as one only when another error names a sibling member at the same place:
+    a dict key that happens to read 'str' is not mistaken for one.
+    """
+    loc = tuple(problems[0].get("loc", ()))
+    for index, part in enumerate(loc):
+        if isinstance(part, str) and _TYPE_TAG.search(part):
+            for other in problems[1:]:
+                other_loc = tuple(other.get("loc", ()))
+                if (len(other_loc) > index and other_loc[:index] == loc[:index] and other_loc[index] != part
+                        and isinstance(other_loc[index], str) and _TYPE_TAG.search(other_loc[index])):
+                    return index
+    return None
+
+
 def _validation_message(error: RequestValidationError) -> tuple[str, str | None]:
     problems = error.errors()
     if not problems:
@@ -136,6 +163,8 @@ def _validation_message(error: RequestValidationError) -> tuple[str, str | None]
     first = problems[0]
     if tuple(first.get("loc", ())) == ("body",) and first.get("type") in ("model_attributes_type", "dict_type", "model_type"):
         return ("the request body must be a JSON object, sent with the header 'Content-Type: application/json'", None)
+    if tuple(first.get("loc", ())) == ("body",) and first.get("type") == "missing":
+        return "the request body is missing: send a JSON object, with the header 'Content-Type: application/json'", None
     location = [str(part) for part in first.get("loc", ()) if part != "body"]
     param = ".".join(location) or None
     if first.get("type") == "json_invalid":
@@ -144,7 +173,17 @@ def _validation_message(error: RequestValidationError) -> tuple[str, str | None]
     if first.get("type") == "missing":
         return f"{param} is required", param
     message = str(first.get("msg", "invalid value"))
-    more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+    others = len(problems) - 1
+    union = _union_at(problems)
+    if union is not None:  # one error per member of a union: name the field and the types it accepts
+        prefix = tuple(first["loc"])[:union]
+        param = ".".join(str(part) for part in prefix if part != "body") or None
+        members = [tuple(problem.get("loc", ())) for problem in problems if tuple(problem.get("loc", ()))[:union] == prefix
+                   and len(problem.get("loc", ())) > union]
+        accepted = list(dict.fromkeys(str(loc[union]) for loc in members))
+        message = f"the value has the wrong type (accepted: {', '.join(accepted)})"
+        others = len(problems) - len(members)
+    more = f" (and {others} more problems)" if others > 0 else ""
     return (f"{param}: {message}{more}" if param else f"{message}{more}"), param
 
 

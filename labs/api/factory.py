@@ -19,7 +19,7 @@ from labs import __version__
 from labs.api.errors import install_error_handlers
 from labs.api.metrics import Metrics
 from labs.api.middleware import BodySizeLimit, RequestMetrics
-from labs.api.routes import chat, completions, embeddings, models, ops, rag, simple, tokens
+from labs.api.routes import chat, completions, embeddings, messages, models, ollama, ops, rag, responses, simple, tokens
 from labs.api.state import ServerState
 from labs.config import Settings, load_settings
 from labs.serving.build import server_serving
@@ -79,7 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   strict_content_type=False)
     app.state.labs = state
     install_error_handlers(app)
-    for module in (chat, completions, embeddings, models, tokens, simple, rag, ops):
+    for module in (chat, responses, completions, embeddings, models, tokens, simple, rag, ops, messages, ollama):
         app.include_router(module.router)
     if settings.server.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.server.cors_origins), allow_methods=["*"],

@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, GCCollector, Histogram, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from labs.engine.errors import EngineDeadError
+from labs.serving.errors import EngineDeadError
 from labs.serving.models import ModelRegistry
 
 logger = logging.getLogger(__name__)
@@ -26,6 +26,11 @@ _PER_TOKEN_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # The standard process_*, python_info and python_gc_* series (prometheus_client puts them on its
+        # global registry only, which /metrics does not serve). They describe the whole process.
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
         self.requests = Counter("labs_http_requests", "HTTP requests by endpoint and status code.",
                                 ["endpoint", "method", "status"], registry=self.registry)
         self.request_seconds = Histogram("labs_http_request_duration_seconds", "Time to answer (streams: until the last byte).",

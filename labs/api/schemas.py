@@ -12,12 +12,56 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from labs.serving.errors import InvalidTurnError
+from labs.serving.text import check_text
+
 logger = logging.getLogger(__name__)
+
+MAX_NESTING = 128  # JSON levels; real requests (JSON schemas, tool arguments) stay far below
+
+
+def check_body_text(data: Any) -> None:
+    """Every string of a body (keys too) must be UTF-8-encodable, and nesting bounded, before any field is used.
+
+    One check at the edge covers every field of every endpoint, named by its path
+    ("messages.0.content"). Lone surrogates pass JSON parsing and pydantic's str but break the
+    tokenizer, the logs and the response encoder; deep nesting breaks recursive code downstream
+    (chat templates, json.dumps) with a RecursionError. Raises InvalidTurnError (a 400, code
+    invalid_unicode as in the serving core's own check, or nesting_too_deep): pydantic only wraps
+    ValueError and AssertionError, so it reaches the error handlers as it is, in every protocol's shape.
+    """
+    pending: list[tuple[Any, tuple[Any, ...]]] = [(data, ())]
+    while pending:
+        value, path = pending.pop()
+        if len(path) > MAX_NESTING:
+            raise InvalidTurnError(f"{path[0]} is nested more than {MAX_NESTING} levels deep", param=str(path[0]),
+                                   code="nesting_too_deep")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                _check_string(key, path)
+                pending.append((item, (*path, key)))
+        elif isinstance(value, (list, tuple)):
+            pending.extend((item, (*path, index)) for index, item in enumerate(value)
+                           if isinstance(item, (str, dict, list, tuple)))  # token arrays: nothing to check
+        else:
+            _check_string(value, path)
+
+
+def _check_string(value: Any, path: tuple[Any, ...]) -> None:
+    if isinstance(value, str) and not value.isascii():
+        check_text(value, ".".join(str(part) for part in path) or "body")
+
 
 class _Lenient(BaseModel):
     """Accepts unknown fields (logged), as OpenAI does; strict types ("3" is not a number)."""
 
     model_config = ConfigDict(extra="allow", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_text(cls, data: Any) -> Any:
+        check_body_text(data)
+        return data
 
     @model_validator(mode="after")
     def _log_unknown_fields(self) -> "_Lenient":

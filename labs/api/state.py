@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import Request
 
@@ -18,29 +18,21 @@ from labs.serving.turns import Serving
 
 @dataclass
 class ServerState:
+    """The serving core, the settings and the metrics; the core's parts are named here for the routes."""
+
     settings: Settings
     serving: Serving
     metrics: Metrics
+    models: ModelRegistry = field(init=False)
+    embeddings: EmbeddingService = field(init=False)
+    limits: Limits = field(init=False)
+    transactions: TransactionsService = field(init=False)
+    documents: DocumentsService = field(init=False)
 
-    @property
-    def models(self) -> ModelRegistry:
-        return self.serving.models
-
-    @property
-    def embeddings(self) -> EmbeddingService:
-        return self.serving.embeddings
-
-    @property
-    def limits(self) -> Limits:
-        return self.serving.limits
-
-    @property
-    def transactions(self) -> TransactionsService:
-        return self.serving.transactions
-
-    @property
-    def documents(self) -> DocumentsService:
-        return self.serving.documents
+    def __post_init__(self) -> None:
+        core = self.serving
+        self.models, self.embeddings, self.limits = core.models, core.embeddings, core.limits
+        self.transactions, self.documents = core.transactions, core.documents
 
 
 def get_state(request: Request) -> ServerState:

@@ -12,6 +12,7 @@ from labs.errors import LabsError
 def effective_config(settings: Settings) -> dict[str, Any]:
     from labs.models.device import dtype_name, resolve_placement
     from labs.models.gguf_cache import converted_folder_for, is_converted
+    from labs.models.recommended import recommended_sampling
     from labs.models.resolve import resolve_model
 
     rows = [
@@ -22,10 +23,12 @@ def effective_config(settings: Settings) -> dict[str, Any]:
     try:
         source = resolve_model(settings.generation.model_name, settings.model_aliases)
         resolved["model"] = f"{source.name} -> {source.path} ({source.origin})"
+        folder = source.path
         if source.kind == "gguf":
             folder = converted_folder_for(source.path, settings.paths.cache_dir)
             state = "ready" if is_converted(folder) else "not yet converted (the first run converts it)"
             resolved["converted model folder"] = f"{folder} ({state})"
+        _with_recommended(rows, settings, recommended_sampling(source, folder))
     except LabsError as error:
         resolved["model"] = f"unavailable: {error}"
     try:
@@ -44,6 +47,18 @@ def effective_config(settings: Settings) -> dict[str, Any]:
         },
         "resolved": resolved,
     }
+
+
+def _with_recommended(rows: list[dict[str, Any]], settings: Settings, recommended: dict[str, Any]) -> None:
+    """Sampling values the configuration leaves at the built-in default take the model's recommendation."""
+    from labs.serving.sampling import layered_default
+
+    for row in rows:
+        table, _, name = row["key"].partition(".")
+        if table == "generation" and name in recommended:
+            value, layer = layered_default(settings, name, recommended)
+            if layer == "model":
+                row["value"], row["source"] = value, "model (its recommended sampling)"
 
 
 def _shown(value: Any, secret: bool = False) -> Any:

@@ -137,7 +137,7 @@ def _guided_from_file(path: Path | None) -> Any:
     """--json-schema FILE as a grammar for the engine (None without the flag)."""
     if path is None:
         return None
-    from labs.engine.guided import GuidedDecoding
+    from labs.serving.guided import GuidedDecoding
 
     try:
         schema = json.loads(path.read_text())

@@ -137,34 +137,28 @@ def query(question: Annotated[str, typer.Argument(help="Your question.")],
           config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Answer from your documents and list the sources it used."""
     from labs.cli.generation import generate_for_cli
-    from labs.serving.documents import DocumentsService
 
     def action() -> None:
-        overrides = {"generation.temperature": CliValue(0.0, "rag query")}  # answer from the sources, don't invent
+        overrides: dict[str, CliValue] = {}
         if model is not None:
             overrides["generation.model_name"] = CliValue(model, "--model")
         if max_new_tokens is not None:
             overrides["generation.max_new_tokens"] = CliValue(max_new_tokens, "--max-new-tokens")
+        if top_k is not None:
+            overrides["rag.top_k"] = CliValue(top_k, "--top-k")
         settings = _settings(config, overrides)
-        service = DocumentsService(settings)
-        try:
-            hits = service.search(_embedding_model(settings), question, top_k)
-        finally:
-            service.close()
         chosen: dict[str, Any] = {}
-        answer_tokens = settings.generation.max_new_tokens
 
-        def messages_for_context(context_tokens: int) -> list[dict]:
-            messages, chosen["sources"] = service.messages(question, hits, context_tokens, answer_tokens)
-            if not as_json and chosen["sources"]:
-                Console(stderr=True).print("Sources: " + "; ".join(f"[{s['id']}] {s['document']}" for s in chosen["sources"]),
+        def on_sources(sources: list[dict[str, Any]]) -> None:  # before the answer streams
+            chosen["sources"] = sources
+            if not as_json and sources:
+                Console(stderr=True).print("Sources: " + "; ".join(f"[{s['id']}] {s['document']}" for s in sources),
                                            highlight=False)
-            return messages
 
         on_text = (lambda delta: (sys.stdout.write(delta), sys.stdout.flush())) if stream and not as_json else None
         with err_console.status("Loading model...", spinner="dots") as status:
-            result, _ = generate_for_cli(settings, None, json.dumps([{"role": "user", "content": question}]), on_text,
-                                         status.update, use_data=False, messages_for_context=messages_for_context)
+            result, _ = generate_for_cli(settings, question, None, on_text, status.update, use_data=False,
+                                         use_docs=True, on_sources=on_sources)
         sources = chosen.get("sources", [])
         if as_json:
             print(json.dumps({"answer": result.text, "sources": sources, "finish_reason": result.finish_reason},

@@ -1,24 +1,10 @@
-"""Engine and sampling settings from the configuration ([engine] and [generation] tables)."""
+"""Engine settings from the configuration ([engine] table); sampling is built in labs.serving.sampling."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
 from labs.engine.core import EngineConfig
-from labs.engine.sampling import SamplingParams
-
-
-def sampling_params_from_settings(generation: SimpleNamespace) -> SamplingParams:
-    """`do_sample=false` or `temperature=0` both mean greedy decoding."""
-    temperature = generation.temperature if generation.do_sample else 0.0
-    return SamplingParams(
-        max_tokens=generation.max_new_tokens,
-        temperature=temperature,
-        top_p=generation.top_p,
-        top_k=generation.top_k,
-        repetition_penalty=generation.repetition_penalty,
-        seed=generation.seed,
-    )
 
 
 def engine_config_from_settings(settings: SimpleNamespace, page_bytes: int | None = None) -> EngineConfig:

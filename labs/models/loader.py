@@ -45,6 +45,12 @@ class LoadedModel:
         return int(min(self.tokenizer.model_max_length, 1 << 20))
 
     @property
+    def embedding_rows(self) -> int:
+        """Token ids the model can read (0..rows-1): its input embedding matrix, which may be smaller than
+        the tokenizer (tokens added without resizing) or than the output layer (padded heads)."""
+        return int(self.model.get_input_embeddings().num_embeddings)
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
@@ -103,5 +109,8 @@ def load_model(settings: Settings, model: str | None = None, progress: Progress 
         quant = "int8"
     loaded = LoadedModel(source.name, source, weights, tokenizer, placement, quant, time.perf_counter() - started, import_seconds,
                          recommended_sampling(source, folder))
+    if len(tokenizer) > loaded.embedding_rows:
+        logger.warning("%s: the tokenizer has %d tokens but the embedding matrix only %d rows; prompts holding the "
+                       "tokens beyond it are refused", source.name, len(tokenizer), loaded.embedding_rows)
     logger.info("loaded %s in %.1f s (after %.1f s importing modeling code)", loaded.describe(), loaded.load_seconds, import_seconds)
     return loaded

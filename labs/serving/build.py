@@ -29,8 +29,9 @@ def server_serving(settings: Settings, metrics: Any) -> Serving:
 def local_serving(settings: Settings, progress: Callable[[str], None] | None = None) -> Serving:
     """For labs-gen and the local chat: one model at a time, its cache sized for one full context
     (unless LABS_KV_CACHE_MEMORY is set), never unloaded for idleness."""
-    registry = ModelRegistry(settings, _one_conversation(settings), max_loaded=1, idle_ttl=0, progress=progress)
-    return _serving(settings, registry, EmbeddingService(settings, None), None)
+    registry = ModelRegistry(settings, _one_conversation(settings), max_loaded=1, idle_ttl=0, progress=progress,
+                             any_model=True)
+    return _serving(settings, registry, EmbeddingService(settings, None), None, Limits.for_one_user())
 
 
 def _one_conversation(settings: Settings) -> Callable[[LoadedModel], EngineConfig]:
@@ -43,6 +44,7 @@ def _one_conversation(settings: Settings) -> Callable[[LoadedModel], EngineConfi
     return sizing
 
 
-def _serving(settings: Settings, registry: ModelRegistry, embeddings: EmbeddingService, metrics: Any) -> Serving:
+def _serving(settings: Settings, registry: ModelRegistry, embeddings: EmbeddingService, metrics: Any,
+             limits: Limits | None = None) -> Serving:
     return Serving(settings, registry, TransactionsService(settings), DocumentsService(settings), embeddings,
-                   Limits.from_settings(settings), metrics)
+                   limits or Limits.from_settings(settings), metrics)

@@ -23,6 +23,7 @@ class Started:
     created: int
     n: int = 1  # samples that follow, indexed 0..n-1
     token_text: Callable[[int], str] | None = None  # a token id's text, for logprobs (None: no model ran)
+    prompt_tokens: int = 0  # the prompt's length, known before generation (the cache hit is not yet)
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class Notice:
     """Something the user should know about the turn (e.g. history dropped to fit the context)."""
 
     text: str
+    dropped: int = 0  # oldest messages left out of the prompt (a chat forgets them for good)
 
 
 @dataclass(frozen=True)

@@ -91,8 +91,9 @@ class ModelRegistry:
     for one conversation of that model rather than a server's budget); `progress` hears about loads."""
 
     def __init__(self, settings: Settings, engine_config: EngineConfig | EngineSizing, max_loaded: int,
-                 idle_ttl: float, progress: Callable[[str], None] | None = None) -> None:
+                 idle_ttl: float, progress: Callable[[str], None] | None = None, any_model: bool = False) -> None:
         self.settings = settings
+        self.any_model = any_model  # a terminal may open any folder, file or cached Hub id; a server may not
         self.engine_config = engine_config
         self.progress = progress
         self.max_loaded = max_loaded
@@ -124,6 +125,9 @@ class ModelRegistry:
                 return spelling
             if spelling in self._spellings:
                 return self._spellings[spelling]
+        if self.any_model:
+            self._specs[requested] = requested
+            return requested
         raise ModelNotAvailableError(requested, self.available_ids())
 
     def loaded(self, model_id: str) -> ServedModel | None:

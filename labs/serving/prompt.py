@@ -87,6 +87,7 @@ def prepare_prompt(turn: Turn, served: ServedModel, settings: Settings) -> Prepa
         cut = 2 if pair else 1
         messages = messages[:start] + messages[start + cut:]
         dropped += cut
+    _check_readable(ids, served, turn.messages_param)
     room = context - len(ids)
     if room < 1:
         raise InvalidTurnError(f"the prompt has {len(ids)} tokens but {served.id}'s context is {context} tokens: "
@@ -95,6 +96,26 @@ def prepare_prompt(turn: Turn, served: ServedModel, settings: Settings) -> Prepa
     tags = served.reasoning_tags if enabled else None
     tail = served.tokenizer.decode(ids[-16:], skip_special_tokens=False) if tags else ""
     return PreparedPrompt(ids, room, plan, Reasoning(tags, tail), dropped)
+
+
+def _check_readable(ids: list[int], served: ServedModel, param: str) -> None:
+    """Refuse ids beyond the model's embedding matrix: fed to the model they are an IndexError (a 500).
+
+    The tokenizer makes them from text when it has tokens the matrix lacks (added without resizing);
+    resizing would give those tokens untrained rows, so the model would read noise. A client sends
+    them as token-id prompts. Either way the request cannot be served as given: a 400 naming the token.
+    """
+    loaded = getattr(served, "loaded", None)
+    if loaded is None:  # a stand-in without weights (pure prompt logic) has no matrix to check against
+        return
+    rows = loaded.embedding_rows
+    bad = next((token for token in ids if not 0 <= token < rows), None)
+    if bad is None:
+        return
+    text = served.tokenizer.convert_ids_to_tokens(bad) if 0 <= bad < len(served.tokenizer) else None
+    what = f"the token {text!r} (id {bad})" if text is not None else f"token id {bad}"
+    raise InvalidTurnError(f"{param} holds {what}, which {served.id} cannot read: its embedding matrix has "
+                           f"{rows} rows (ids 0..{rows - 1})", param=param, code="token_out_of_range")
 
 
 def prompt_ids(turn: Turn, served: ServedModel, settings: Settings, add_generation_prompt: bool | None = None) -> list[int]:

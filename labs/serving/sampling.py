@@ -14,10 +14,11 @@ from typing import Any
 
 from labs.config import Settings
 from labs.engine.guided import GuidedDecoding
-from labs.engine.sampling import SamplingParams
+from labs.engine.sampling import SamplingParams, SamplingParamsError
 from labs.serving.errors import InvalidTurnError
 from labs.serving.turn import RequestedSampling
 
+__all__ = ["Limits", "SamplingParams", "SamplingParamsError", "answer_budget", "layered_default", "sampling_for"]
 RECOMMENDABLE = ("temperature", "top_p", "top_k", "repetition_penalty")
 
 
@@ -30,6 +31,12 @@ class Limits:
     max_messages: int
     max_input_chars: int
     max_embedding_inputs: int
+
+    @classmethod
+    def for_one_user(cls) -> "Limits":
+        """A terminal's own process: the server's limits guard a shared box, not one user's turns."""
+        return cls(max_n=16, max_tokens=1 << 30, max_messages=1 << 30, max_input_chars=1 << 40,
+                   max_embedding_inputs=1 << 20)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Limits":

@@ -104,14 +104,15 @@ class Serving:
             prepared = prepare_prompt(turn, served, self.settings)
             params = self._params(turn, served, prepared, sources is not None)
             served.engine.check(prepared.ids, params)  # bad grammars and token ids fail before streaming
-            started = Started(new_id(turn.id_prefix), served.id, int(time.time()), params.n, _token_text(served))
+            started = Started(new_id(turn.id_prefix), served.id, int(time.time()), params.n, _token_text(served),
+                              len(prepared.ids))
             yield started
             if sources is not None:
                 yield Sources("documents", data=sources)
             if prepared.dropped:
                 plural = "s" if prepared.dropped != 1 else ""
                 yield Notice(f"the conversation is longer than the model's context: the {prepared.dropped} oldest "
-                             f"message{plural} left the prompt")
+                             f"message{plural} left the prompt", dropped=prepared.dropped)
             async for event in self._generate(served, prepared, params, started.id):
                 yield event
 
@@ -138,8 +139,9 @@ class Serving:
         answer_tokens = turn.sampling.max_tokens or answer_budget(self.settings, self.limits, context, context)
         rag_messages, sources = self.documents.messages(question, hits, context - history_chars // 3, answer_tokens)
         has_system = bool(turn.system) or any(m["role"] in ("system", "developer") for m in history)
-        added = [m for m in rag_messages if not (has_system and m["role"] == "system")]
-        return dataclasses.replace(turn, messages=history + added, prompt=None), sources
+        instructions = [] if has_system else [m for m in rag_messages if m["role"] == "system"]
+        asked = [m for m in rag_messages if m["role"] != "system"]  # the user's own system message stays
+        return dataclasses.replace(turn, messages=instructions + history + asked, prompt=None), sources
 
     def _params(self, turn: Turn, served: ServedModel, prepared: PreparedPrompt, from_sources: bool) -> SamplingParams:
         requested = turn.sampling

@@ -7,7 +7,6 @@ prompt gets `n` choices, numbered prompt by prompt (choice index = prompt index 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 

@@ -75,10 +75,16 @@ async def add_documents(request: Request, state: ServerState = Depends(get_state
                 lambda data=data, name=upload.filename or "upload": state.documents.index(model).ingest_bytes(data, name))
             results.extend(item.to_dict() for item in report.files)
         return {"files": results}
+    # decoded here, not by json.loads(bytes): that guesses UTF-16/32 and fails with UnicodeDecodeError (a 500)
     try:
-        body = json.loads(await request.body() or b"{}")
+        body = json.loads((await request.body()).decode("utf-8") or "{}")
+    except UnicodeDecodeError:
+        raise bad_request("the request body must be UTF-8 JSON (or multipart/form-data with 'file' fields)") from None
     except json.JSONDecodeError as error:
         raise bad_request(f"the request body is not valid JSON ({error.msg})") from None
+    except RecursionError:
+        raise bad_request("the request body is nested too deeply") from None
+    check_text(body, "path")
     paths = body.get("paths") if isinstance(body, dict) else None
     if isinstance(body, dict) and isinstance(body.get("path"), str):
         paths = [body["path"]]

@@ -281,12 +281,13 @@ class _nothing:
 
 def run_chat(settings: Settings, server: str | None = None, api_key: str | None = None, rich: bool | None = None) -> None:
     """Start the chat: Rich UI when stdin and stdout are terminals, plain text otherwise."""
-    from labs.engine.defaults import sampling_params_from_settings
+    from labs.serving.sampling import Limits, sampling_for
+    from labs.serving.turn import RequestedSampling
 
     if rich is None:
         rich = sys.stdin.isatty() and sys.stdout.isatty()
     out = Renderer(rich)
-    params = sampling_params_from_settings(settings.generation)  # bad settings fail before the load
+    params = sampling_for(RequestedSampling(), settings, Limits.for_one_user())  # bad settings fail before the load
     if server:
         model = settings.generation.model_name if settings.sources.get("generation.model_name", "default") != "default" else None
         backend: Any = ServerBackend(server, api_key, model)
@@ -294,6 +295,7 @@ def run_chat(settings: Settings, server: str | None = None, api_key: str | None 
         status = out.err.status("Loading model...", spinner="dots") if rich else _nothing()
         with status as spinner:
             backend = LocalBackend(settings, progress=(spinner.update if spinner is not None else None))
+        params = backend.default_params()  # with the model's recommended sampling under the configured values
     session = ChatSession(model=backend.model_name, params=params, system=settings.generation.system_prompt)
     store = ConversationStore(Path(settings.paths.home) / "conversations")
     app = ChatApp(settings, backend, out, store, session)

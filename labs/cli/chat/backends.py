@@ -9,7 +9,6 @@ backend only talks to the Engine, which owns it.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import threading
 import time
@@ -17,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from labs.config import Settings
-from labs.engine.sampling import SamplingParams
+from labs.serving.sampling import SamplingParams
 from labs.errors import LabsError
 
 
@@ -54,38 +53,26 @@ def chat_messages(system: str | None, history: list[dict[str, str]]) -> list[dic
 
 
 class LocalBackend:
-    """The model loaded in this process, one Engine sized for one conversation."""
+    """The model loaded in this process, through the serving core (a cache sized for one conversation)."""
 
     def __init__(self, settings: Settings, progress: Callable[[str], None] | None = None, model: str | None = None) -> None:
+        from labs.serving.local import LocalServing
+
         self.settings = settings
-        self.transactions = None
-        self.documents: Any = None  # DocumentsService, open while /docs is on
-        self.embedding_model: Any = None  # loaded on the first /docs on, kept
-        self._request_id: str | None = None
-        self._aborted = threading.Event()
-        self.engine = None
-        self.loaded = None
-        self.reasoning_tags = None
-        self.load(model, progress)
+        self.local = LocalServing(settings, progress)
+        self.model: str | None = None
+        self.docs_location: str | None = None
+        self.load(model)
 
     def load(self, model: str | None, progress: Callable[[str], None] | None = None) -> None:
-        from labs.engine.defaults import engine_config_from_settings
-        from labs.engine.engine import Engine
-        from labs.engine.kv_cache import cache_shape_for
-        from labs.engine.torch_thread import torch_thread
-        from labs.models import load_model
-        from labs.serving.reasoning import detect_reasoning_tags
+        if progress is not None:
+            self.local.serving.models.progress = progress
+        self.loaded = self.local.load(model)
+        self.model = model
 
-        loaded = torch_thread().call(load_model, self.settings, model, progress=progress)
-        budget: Any = None
-        if str(self.settings.engine.kv_cache_memory).lower() == "auto":
-            # One conversation at a time: a cache for one full context, not the server's budget.
-            budget = (loaded.context_length + 64) * cache_shape_for(loaded.model, loaded.context_length).bytes_per_token
-        engine = Engine(loaded.model, loaded.tokenizer, loaded.context_length,
-                        engine_config_from_settings(self.settings, page_bytes=budget))
-        self.close()
-        self.loaded, self.engine = loaded, engine
-        self.reasoning_tags = detect_reasoning_tags(loaded.tokenizer) if self.settings.server.split_reasoning else None
+    def default_params(self) -> SamplingParams:
+        """The session's starting parameters: configured values, else the model's recommendation."""
+        return self.local.default_sampling(self.model)
 
     @property
     def model_name(self) -> str:
@@ -98,176 +85,93 @@ class LocalBackend:
         return {"model": self.loaded.name, "device": str(placement.device), "dtype": dtype_name(placement.dtype),
                 "context": str(self.loaded.context_length)}
 
-    def answer_from_data(self, question: str) -> Any:
-        from labs.serving.transactions import TransactionsService
-
-        if self.transactions is None:
-            self.transactions = TransactionsService(self.settings)
-        return self.transactions.answer(question)
-
     def open_documents(self) -> str:
         """Load the embedding model (once) and open the document index; returns where it lives."""
-        from labs.embeddings import load_embedding_model
-        from labs.serving.documents import DocumentsService
+        serving = self.local.serving
 
-        if self.embedding_model is None:
-            embeddings = self.settings.embeddings
-            self.embedding_model = load_embedding_model(embeddings.model, embeddings.device, self.settings.model_aliases)
-        if self.documents is None:
-            service = DocumentsService(self.settings)
-            try:
-                service.index(self.embedding_model)
-            except BaseException:
-                service.close()
-                raise
-            self.documents = service
-        return self.documents.location
+        async def open_index() -> str:
+            model = await serving.embeddings.model()
+            serving.documents.index(model)
+            return serving.documents.location
+
+        self.docs_location = self.local._call(open_index())
+        return self.docs_location
 
     def close_documents(self) -> None:
         """Release the index (Qdrant's local mode locks its folder against other processes)."""
-        if self.documents is not None:
-            self.documents.close()
-            self.documents = None
-
-    def with_documents(self, system: str | None, history: list[dict[str, str]], params: SamplingParams,
-                       ) -> tuple[str | None, list[dict[str, str]], list[dict[str, Any]]]:
-        """The turn with its question replaced by the retrieved sources + question (as the API does).
-
-        Returns (system, history, sources): the user's own system message is kept, else the
-        retrieval instructions are the system message. History length is unchanged, so the
-        count of dropped messages still applies to the stored history.
-        """
-        if self.documents is None:
-            self.open_documents()
-        question = history[-1]["content"]
-        hits = self.documents.search(self.embedding_model, question)
-        context = self.loaded.context_length
-        history_chars = sum(len(m["content"]) for m in history[:-1]) + len(system or "")
-        answer_tokens = params.max_tokens or min(self.settings.generation.max_new_tokens, max(context // 4, 1))
-        rag_messages, sources = self.documents.messages(question, hits, context - history_chars // 3, answer_tokens)
-        rag_system = next((m["content"] for m in rag_messages if m["role"] == "system"), None)
-        asked = [m for m in rag_messages if m["role"] != "system"]
-        return (system or rag_system), history[:-1] + asked, sources
-
-    def fit(self, system: str | None, history: list[dict[str, str]], params: SamplingParams) -> tuple[list[int], int, SamplingParams, str]:
-        """Prompt ids for the conversation, dropping the oldest turns that do not fit the context.
-
-        Returns (ids, dropped messages, params with max_tokens capped by the room left, prompt text).
-        """
-        from labs.models.prompting import prompt_token_ids
-
-        generation = self.settings.generation
-        context = self.loaded.context_length
-        want = min(params.max_tokens or 64, max(context // 4, 1))
-        history = list(history)
-        dropped = 0
-        while True:
-            ids = prompt_token_ids(self.loaded.tokenizer, messages=chat_messages(system, history),
-                                   use_chat_template=generation.use_chat_template,
-                                   add_generation_prompt=generation.add_generation_prompt)
-            if len(ids) + want <= context or len(history) <= 1:
-                break
-            cut = 2 if len(history) > 2 and history[0]["role"] == "user" and history[1]["role"] == "assistant" else 1
-            history, dropped = history[cut:], dropped + cut
-        room = context - len(ids)
-        if room < 1:
-            raise LabsError(f"the message is too long: {len(ids)} tokens, the model's context is {context}")
-        if params.max_tokens is None or params.max_tokens > room:
-            params = dataclasses.replace(params, max_tokens=room)
-        text = self.loaded.tokenizer.decode(ids[-16:]) if self.reasoning_tags else ""
-        return ids, dropped, params, text
+        self.local.serving.documents.close()
+        self.docs_location = None
 
     def stream(self, system: str | None, history: list[dict[str, str]], params: SamplingParams, sink: Sink,
                use_rag: bool = True, use_docs: bool = False) -> int:
         """Run one turn; returns how many of the oldest history messages were dropped to fit."""
-        from labs.engine.sequence import RequestOutput
+        from labs.serving.turn import Turn
 
-        started = time.perf_counter()
-        question = history[-1]["content"] if history and history[-1]["role"] == "user" else None
-        if use_rag and question is not None:
-            answer = self.answer_from_data(question)
-            # With /docs on, "no transactions match that" is no answer: the documents may have one.
-            if answer is not None and not (use_docs and answer.kind in ("no_match", "unsupported")):
-                sink(Event("source", answer.source, answer.data))
-                sink(Event("content", answer.answer))
-                sink(Event("done", data=TurnStats(seconds=time.perf_counter() - started, source=answer.source)))
-                return 0
-        source = "model"
-        if use_docs and question is not None:
-            system, history, sources = self.with_documents(system, history, params)
-            source = "documents"
-            sink(Event("source", source, sources))
-        ids, dropped, params, tail = self.fit(system, history, params)
-        if dropped:
-            sink(Event("notice", f"the conversation is longer than the model's context: "
-                                 f"the {dropped} oldest message{'s' if dropped != 1 else ''} left the prompt"))
-        stats = TurnStats(prompt_tokens=len(ids), source=source)
-        self._request_id = request_id = f"chat-{next(_turns)}"
-        splitter = self._splitter(tail)
-
-        def on_output(out: RequestOutput) -> None:
-            if self._aborted.is_set() and not out.finished:
-                self.engine.abort(request_id)  # a Ctrl-C that came before the request reached the engine
-            if stats.completion_tokens == 0 and out.new_token_ids:
-                stats.time_to_first_token = time.perf_counter() - started
-            stats.completion_tokens += len(out.new_token_ids)
-            self._emit(splitter, out.text_delta, sink)
-
-        if self._aborted.is_set():  # stopped while the prompt was being prepared: nothing to generate
-            self._request_id = None
-            sink(Event("done", data=TurnStats(prompt_tokens=len(ids), source=source, finish_reason="abort",
-                                              seconds=time.perf_counter() - started)))
-            return dropped
-        try:
-            result = self.engine.generate(ids, params, on_output, request_id=request_id)
-        finally:
-            self._request_id = None
-        sample = result.samples[0]
-        if splitter is not None:
-            reasoning, content = splitter.finish()
-            reasoning and sink(Event("reasoning", reasoning))
-            content and sink(Event("content", content))
-        if sample.finish_reason == "error":
-            sink(Event("error", sample.error or "generation failed"))
-        stats.finish_reason = "abort" if self._aborted.is_set() else (sample.finish_reason or "stop")
-        stats.seconds = time.perf_counter() - started
+        if use_docs and self.docs_location is None:
+            self.open_documents()
+        turn = Turn(messages=chat_messages(system, history), model=self.model, sampling=_requested(params),
+                    use_data=use_rag, use_docs=use_docs, fit_history=True, id_prefix="chat",
+                    reasoning=self.settings.server.split_reasoning)
+        watch = _TurnWatch(sink)
+        outcome = self.local.run(turn, watch.on_event)
+        stats = watch.stats
+        stats.seconds = time.perf_counter() - watch.began
+        if outcome.aborted or outcome.result is None:
+            stats.finish_reason = "abort"
+            stats.completion_tokens = watch.tokens  # what came before the Ctrl-C
+        else:
+            stats.finish_reason = outcome.result.samples[0].finish_reason or "stop"
+            stats.completion_tokens = outcome.result.usage.completion_tokens
+            stats.prompt_tokens = outcome.result.usage.prompt_tokens
         sink(Event("done", data=stats))
-        return dropped
-
-    def _splitter(self, prompt_tail: str) -> Any:
-        if self.reasoning_tags is None:
-            return None
-        from labs.serving.reasoning import ReasoningSplitter, prompt_opens_reasoning
-
-        return ReasoningSplitter(self.reasoning_tags, prompt_opens_reasoning(prompt_tail, self.reasoning_tags))
-
-    @staticmethod
-    def _emit(splitter: Any, delta: str, sink: Sink) -> None:
-        if not delta:
-            return
-        if splitter is None:
-            sink(Event("content", delta))
-            return
-        reasoning, content = splitter.feed(delta)
-        if reasoning:
-            sink(Event("reasoning", reasoning))
-        if content:
-            sink(Event("content", content))
+        return watch.dropped
 
     def new_turn(self) -> None:
         """Forget the previous turn's Ctrl-C; called before the turn's worker starts, so a Ctrl-C
         that comes before the worker runs still stops this turn."""
-        self._aborted.clear()
+        self.local.new_turn()
 
     def abort(self) -> None:
-        self._aborted.set()
-        if self._request_id is not None and self.engine is not None:
-            self.engine.abort(self._request_id)
+        self.local.abort()
 
     def close(self) -> None:
-        if self.engine is not None:
-            self.engine.shutdown()
-            self.engine = None
+        self.local.close()
+
+
+class _TurnWatch:
+    """The serving core's events as the chat's: text, reasoning, sources, notices, and the turn's stats."""
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+        self.began = time.perf_counter()
+        self.stats = TurnStats()
+        self.dropped = 0
+        self.tokens = 0
+
+    def on_event(self, event: Any) -> None:
+        from labs.serving.events import Notice, ReasoningDelta, Sources, TextDelta
+
+        if isinstance(event, Sources):
+            self.stats.source = event.source
+            self.sink(Event("source", event.source, event.data))
+        elif isinstance(event, Notice):
+            self.dropped = event.dropped
+            self.sink(Event("notice", event.text))
+        elif isinstance(event, (TextDelta, ReasoningDelta)):
+            self.tokens += len(event.token_ids) if isinstance(event, TextDelta) else 0
+            if not event.text:
+                return
+            if not self.stats.time_to_first_token:
+                self.stats.time_to_first_token = time.perf_counter() - self.began
+            self.sink(Event("content" if isinstance(event, TextDelta) else "reasoning", event.text))
+
+
+def _requested(params: SamplingParams) -> Any:
+    """The session's parameters as an explicit request (what the user set with /set, or the defaults)."""
+    from labs.serving.turn import RequestedSampling
+
+    return RequestedSampling(max_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p,
+                             top_k=params.top_k, repetition_penalty=params.repetition_penalty, seed=params.seed)
 
 class ServerBackend:
     """A running labs-api (or any OpenAI-compatible server) through the openai SDK, streaming."""

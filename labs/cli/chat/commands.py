@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
-from labs.engine.sampling import SamplingParams, SamplingParamsError
+from labs.serving.sampling import SamplingParams, SamplingParamsError
 
 # name -> (usage, help); aliases map to their command.
 COMMANDS: dict[str, tuple[str, str]] = {

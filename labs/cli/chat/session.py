@@ -9,7 +9,7 @@ from typing import Any
 from labs.cli.chat.backends import TurnStats
 from labs.cli.chat.commands import SETTABLE
 from labs.cli.chat.storage import Conversation, now_iso
-from labs.engine.sampling import SamplingParams, SamplingParamsError
+from labs.serving.sampling import SamplingParams, SamplingParamsError
 
 
 @dataclass

@@ -6,16 +6,23 @@ import io
 
 from rich.console import Console
 
-from labs.cli.chat.backends import Event, LocalBackend, TurnStats
+from labs.cli.chat.backends import Event, TurnStats, _TurnWatch
 from labs.cli.chat.render import EMPTY_ANSWER, STILL_THINKING, PlainAnswer, RichAnswer, source_line, stats_line
+from labs.engine.sequence import RequestOutput
 from labs.serving.reasoning import ReasoningSplitter, ReasoningTags
+from labs.serving.turns import _text_events
 
 
 def test_thinking_is_split_from_the_answer_while_streaming() -> None:
+    """The serving core splits the engine's deltas; the chat shows its events as reasoning and content."""
     events: list[Event] = []
+    watch = _TurnWatch(events.append)
     splitter = ReasoningSplitter(ReasoningTags(), False)
-    for delta in ["<thi", "nk>\nLet me ", "think.</th", "ink>\n\nThe **answer**."]:
-        LocalBackend._emit(splitter, delta, events.append)
+    deltas = ["<thi", "nk>\nLet me ", "think.</th", "ink>\n\nThe **answer**."]
+    for position, delta in enumerate(deltas):
+        finish = "stop" if position == len(deltas) - 1 else None
+        for event in _text_events(splitter, RequestOutput("r", 0, [position], delta, finish_reason=finish)):
+            watch.on_event(event)
     reasoning = "".join(e.text for e in events if e.kind == "reasoning")
     content = "".join(e.text for e in events if e.kind == "content")
     assert reasoning == "Let me think." and not splitter.in_reasoning

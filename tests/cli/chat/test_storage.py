@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from labs.cli.chat.storage import Conversation, ConversationStore, StorageError, atomic_write_text
+from labs.cli.chat.storage import Conversation, ConversationStore, StorageError
+from labs.files import atomic_write_text
 
 
 def conversation() -> Conversation:
