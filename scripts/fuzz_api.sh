@@ -14,6 +14,7 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+REPO="$PWD"
 SECONDS_BUDGET="${FUZZ_SECONDS:-300}"
 MODEL="${FUZZ_MODEL:-tiny}"
 OUT="${FUZZ_OUT:-$(mktemp -d -t labs-fuzz.XXXXXX)}"
@@ -64,10 +65,11 @@ for _ in $(seq 1 300); do
 done
 
 status=0
-uv run schemathesis run "http://127.0.0.1:$PORT/openapi.json" \
+# run from $OUT: schemathesis keeps its example database and crash cache in ./.schemathesis
+(cd "$OUT" && uv run --project "$REPO" schemathesis run "http://127.0.0.1:$PORT/openapi.json" \
   --checks not_a_server_error --max-time "$SECONDS_BUDGET" --workers "${FUZZ_WORKERS:-1}" \
   --request-timeout 120 --suppress-health-check all --continue-on-failure \
-  --report junit,ndjson --report-dir "$OUT" || status=$?
+  --report junit,ndjson --report-dir "$OUT") || status=$?
 
 if grep -q "internal error\|Traceback" "$OUT/server.log"; then
   echo "the server logged internal errors (see $OUT/server.log):" >&2

@@ -178,8 +178,8 @@ def _validation_message(error: RequestValidationError) -> tuple[str, str | None]
     if union is not None:  # one error per member of a union: name the field and the types it accepts
         prefix = tuple(first["loc"])[:union]
         param = ".".join(str(part) for part in prefix if part != "body") or None
-        members = [tuple(problem.get("loc", ())) for problem in problems if tuple(problem.get("loc", ()))[:union] == prefix
-                   and len(problem.get("loc", ())) > union]
+        locations = [tuple(problem.get("loc", ())) for problem in problems]
+        members = [loc for loc in locations if loc[:union] == prefix and len(loc) > union]
         accepted = list(dict.fromkeys(str(loc[union]) for loc in members))
         message = f"the value has the wrong type (accepted: {', '.join(accepted)})"
         others = len(problems) - len(members)

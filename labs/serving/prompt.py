@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from labs.config import Settings
-from labs.models.prompting import PromptError, prompt_token_ids
+from labs.models.prompting import PromptError, prompt_token_ids, validate_messages
 from labs.serving.errors import InvalidTurnError
 from labs.serving.models import ServedModel
 from labs.serving.reasoning import ReasoningSplitter, ReasoningTags, prompt_opens_reasoning, split_reasoning
@@ -137,6 +137,7 @@ def _prompt_ids(turn: Turn, messages: list[dict[str, Any]] | None, served: Serve
     generation = settings.generation
     tools = None
     if messages is not None:
+        messages = _checked_messages(messages, turn.messages_param)
         has_tool_turns = any(m.get("tool_calls") or m["role"] == "tool" for m in messages)
         if plan.active and template_supports_tools(served.tokenizer) and generation.use_chat_template:
             tools = plan.tools
@@ -158,6 +159,30 @@ def _prompt_ids(turn: Turn, messages: list[dict[str, Any]] | None, served: Serve
         )
     except PromptError as error:
         raise InvalidTurnError(str(error), param=turn.messages_param) from None
+
+
+def _checked_messages(messages: list[dict[str, Any]], param: str) -> list[dict[str, Any]]:
+    """Messages with text content and well-formed tool calls, before the tool rendering reads them.
+
+    The renderings index into each call (`call["function"]["name"]`) and add content to text: a
+    call without a function, or parts as content, would be a KeyError or TypeError (a 500).
+    """
+    try:
+        messages = validate_messages(messages)
+    except PromptError as error:
+        raise InvalidTurnError(str(error), param=param) from None
+    for index, message in enumerate(messages):
+        calls = message.get("tool_calls")
+        if calls is not None and not (isinstance(calls, list) and all(_is_call(call) for call in calls)):
+            raise InvalidTurnError(f'{param}[{index}].tool_calls must be a list of {{"type": "function", "function": '
+                                   '{"name": "...", "arguments": "<JSON text>"}}', param=param)
+    return messages
+
+
+def _is_call(call: Any) -> bool:
+    function = call.get("function") if isinstance(call, dict) else None
+    return (isinstance(function, dict) and isinstance(function.get("name"), str) and bool(function["name"])
+            and isinstance(function.get("arguments", ""), (str, dict)))
 
 
 def _with_system(messages: list[dict[str, Any]], instructions: str) -> list[dict[str, Any]]:

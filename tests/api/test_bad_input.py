@@ -116,6 +116,38 @@ def test_tokens_beyond_the_embedding_matrix_are_400_naming_the_token(extra_token
     still_serves(extra_tokens_server)
 
 
+# ------------------------------------------------------------------------------------ message shapes
+
+CALL = {"type": "function", "id": "c1", "function": {"name": "f", "arguments": "{}"}}
+TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+
+
+@pytest.mark.parametrize("calls", [[{}], [{"function": "f"}], [{"function": {"name": 5}}], [{"function": {}}],
+                                   [{"function": {"name": "f", "arguments": [1]}}], [CALL, {"id": "c2"}]])
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/tokenize"])
+def test_malformed_tool_calls_in_history_are_400(tiny_server: LiveServer, calls: list[Any], path: str) -> None:
+    """Found by scripts/fuzz_api.sh: the fallback rendering of tool turns read call["function"]["name"]."""
+    with tiny_server.client() as client:
+        for tools in (None, TOOLS):  # the fallback rendering, and the template's own tools
+            body = {"messages": [*HELLO, {"role": "assistant", "tool_calls": calls}], "max_tokens": 2,
+                    **({"tools": tools} if tools else {})}
+            error = error_of(client.post(path, json=body), 400)
+            assert error["param"] == "messages" and "messages[1].tool_calls" in error["message"], error
+    still_serves(tiny_server)
+
+
+def test_tool_turns_with_text_parts_are_served(tiny_server: LiveServer) -> None:
+    history = [*HELLO, {"role": "assistant", "content": [{"type": "text", "text": "Let me look."}], "tool_calls": [CALL]},
+               {"role": "tool", "tool_call_id": "c1", "content": [{"type": "text", "text": "42"}]}]
+    with tiny_server.client() as client:
+        for path in ("/v1/chat/completions", "/v1/tokenize"):
+            response = client.post(path, json={"messages": history, "max_tokens": 2})
+            assert response.status_code == 200, response.text
+        error = error_of(client.post("/v1/chat/completions", json={"messages": [
+            *HELLO, {"role": "assistant", "content": [{"type": "image"}], "tool_calls": [CALL]}]}), 400)
+        assert "only text parts" in error["message"]
+
+
 # ------------------------------------------------------------------------------------ lone surrogates
 
 CHAT = '{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, %s}'
