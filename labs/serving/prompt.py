@@ -114,7 +114,7 @@ def _check_readable(ids: list[int], served: ServedModel, param: str) -> None:
         return
     text = served.tokenizer.convert_ids_to_tokens(bad) if 0 <= bad < len(served.tokenizer) else None
     what = f"the token {text!r} (id {bad})" if text is not None else f"token id {bad}"
-    raise InvalidTurnError(f"{param} holds {what}, which {served.id} cannot read: its embedding matrix has "
+    raise InvalidTurnError(f"{param} holds {what}, outside {served.id}'s vocabulary: its embedding matrix has "
                            f"{rows} rows (ids 0..{rows - 1})", param=param, code="token_out_of_range")
 
 

@@ -97,7 +97,7 @@ def test_prompt_and_messages_are_exclusive() -> None:
 def test_prompt_longer_than_the_context_is_refused(tiny_model_dir: Path) -> None:
     result = runner.invoke(app, ["--model", str(tiny_model_dir), "--prompt", "word " * 300, "--max-new-tokens", "4"])
     assert result.exit_code == 2
-    assert "model's context is 256" in " ".join(result.stderr.split())
+    assert "the prompt has 331 tokens but tiny-model0's context is 256 tokens" in " ".join(result.stderr.split())
 
 
 def test_show_config_lists_values_with_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
