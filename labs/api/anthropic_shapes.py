@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Iterator
 from typing import Any, Literal, Union
 
 from fastapi.responses import JSONResponse
@@ -148,15 +149,20 @@ def _system_text(system: str | list[dict[str, Any]] | None) -> str | None:
     return _texts(system, "system", "system")
 
 
+def _blocks(content: list[dict[str, Any]], where: str) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """Each content block with its place in the body (for error messages) and its checked type."""
+    for index, block in enumerate(content):
+        at = f"{where}.{index}"
+        yield at, _block_type(block, at), block
+
+
 def _user_messages(content: str | list[dict[str, Any]], where: str) -> list[dict[str, Any]]:
     """A user turn: its tool results as tool messages, its text as a user message, in order."""
     if isinstance(content, str):
         return [{"role": "user", "content": content}]
     result: list[dict[str, Any]] = []
     texts: list[str] = []
-    for index, block in enumerate(content):
-        at = f"{where}.{index}"
-        kind = _block_type(block, at)
+    for at, kind, block in _blocks(content, where):
         if kind == "text":
             texts.append(_string(block, "text", at))
         elif kind == "tool_result":
@@ -189,9 +195,7 @@ def _assistant_message(content: str | list[dict[str, Any]], where: str) -> dict[
         return {"role": "assistant", "content": content}
     texts: list[str] = []
     calls: list[dict[str, Any]] = []
-    for index, block in enumerate(content):
-        at = f"{where}.{index}"
-        kind = _block_type(block, at)
+    for at, kind, block in _blocks(content, where):
         if kind == "text":
             texts.append(_string(block, "text", at))
         elif kind == "tool_use":
