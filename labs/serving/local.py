@@ -20,7 +20,7 @@ from labs.config import Settings
 from labs.models import LoadedModel
 from labs.serving.build import local_serving
 from labs.serving.events import Event
-from labs.serving.sampling import SamplingParams, layered_default, sampling_for
+from labs.serving.sampling import SamplingParams, sampling_for
 from labs.serving.turn import RequestedSampling, Turn
 from labs.serving.turns import Serving, TurnResult, collect
 
@@ -48,7 +48,7 @@ class LocalServing:
 
     def load(self, model: str | None = None) -> LoadedModel:
         """Load `model` (default: the configured one) now, so the first turn does not wait for it."""
-        return self._call(self._load(model)).loaded
+        return self.call(self._load(model)).loaded
 
     async def _load(self, model: str | None) -> Any:
         async with self.serving.models.use(model) as served:
@@ -59,10 +59,6 @@ class LocalServing:
         served = self.serving.models.loaded(self.serving.models.resolve_id(model))
         recommended = served.recommended if served is not None else None
         return sampling_for(RequestedSampling(), self.settings, self.serving.limits, recommended=recommended)
-
-    def sampling_source(self, name: str, model: str | None = None) -> str:
-        served = self.serving.models.loaded(self.serving.models.resolve_id(model))
-        return layered_default(self.settings, name, served.recommended if served else None)[1]
 
     # ------------------------------------------------------------------ turns
 
@@ -112,6 +108,7 @@ class LocalServing:
         self._thread.join()
         self._loop.close()
 
-    def _call(self, coroutine: Any) -> Any:
+    def call(self, coroutine: Any) -> Any:
+        """Run one coroutine of the core on its loop and wait for it (e.g. opening the document index)."""
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 

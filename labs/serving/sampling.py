@@ -19,7 +19,6 @@ from labs.serving.errors import InvalidTurnError
 from labs.serving.turn import RequestedSampling
 
 __all__ = ["Limits", "SamplingParams", "SamplingParamsError", "answer_budget", "layered_default", "sampling_for"]
-RECOMMENDABLE = ("temperature", "top_p", "top_k", "repetition_penalty")
 
 
 @dataclass(frozen=True)

@@ -94,7 +94,7 @@ class LocalBackend:
             serving.documents.index(model)
             return serving.documents.location
 
-        self.docs_location = self.local._call(open_index())
+        self.docs_location = self.local.call(open_index())
         return self.docs_location
 
     def close_documents(self) -> None:
