@@ -20,6 +20,7 @@ from labs.api.errors import install_error_handlers
 from labs.api.metrics import Metrics
 from labs.api.middleware import BodySizeLimit, RequestMetrics
 from labs.api.routes import chat, completions, embeddings, messages, models, ollama, ops, rag, responses, simple, tokens
+from labs.api.routes.page import mount_page
 from labs.api.state import ServerState
 from labs.config import Settings, load_settings
 from labs.serving.build import server_serving
@@ -81,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for module in (chat, responses, completions, embeddings, models, tokens, simple, rag, ops, messages, ollama):
         app.include_router(module.router)
+    mount_page(app)
     if settings.server.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.server.cors_origins), allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["Retry-After", "X-Labs-Truncated-Inputs"])

@@ -55,8 +55,9 @@ def serve(
     except LabsError as error:
         err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
         raise typer.Exit(error.exit_code) from None
-    logger.info("labs-api: default model %s; docs at http://%s:%s/docs", settings.generation.model_name,
-                settings.server.host, settings.server.port)
+    address = f"http://{settings.server.host}:{settings.server.port}"
+    logger.info("labs-api: default model %s; open %s/ in a browser to chat; API docs at %s/docs",
+                settings.generation.model_name, address, address)
     uvicorn.run(api, host=settings.server.host, port=settings.server.port, log_level=level,
                 timeout_graceful_shutdown=settings.server.shutdown_timeout)
 

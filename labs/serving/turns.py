@@ -103,18 +103,23 @@ class Serving:
                 turn, sources = await self._with_document_sources(turn, served)
             prepared = prepare_prompt(turn, served, self.settings)
             params = self._params(turn, served, prepared, sources is not None)
-            served.engine.check(prepared.ids, params)  # bad grammars and token ids fail before streaming
             started = Started(new_id(turn.id_prefix), served.id, int(time.time()), params.n, _token_text(served),
                               len(prepared.ids))
-            yield started
-            if sources is not None:
-                yield Sources("documents", data=sources)
-            if prepared.dropped:
-                plural = "s" if prepared.dropped != 1 else ""
-                yield Notice(f"the conversation is longer than the model's context: the {prepared.dropped} oldest "
-                             f"message{plural} left the prompt", dropped=prepared.dropped)
-            async for event in self._generate(served, prepared, params, started.id):
-                yield event
+            # queued before Started: bad grammars, token ids and a full queue (503) fail before streaming
+            timing = Timing(self.metrics, served.id)
+            stream = served.engine.add_request(prepared.ids, params, started.id)
+            try:
+                yield started
+                if sources is not None:
+                    yield Sources("documents", data=sources)
+                if prepared.dropped:
+                    plural = "s" if prepared.dropped != 1 else ""
+                    yield Notice(f"the conversation is longer than the model's context: the {prepared.dropped} oldest "
+                                 f"message{plural} left the prompt", dropped=prepared.dropped)
+                async for event in self._generate(prepared, params, stream, timing):
+                    yield event
+            finally:
+                await stream.aclose()
 
     async def _answer_from_data(self, turn: Turn) -> Any:
         """A question about the user's transactions is answered exactly from the table, without the model."""
@@ -164,36 +169,32 @@ class Serving:
 
     # ------------------------------------------------------------------ generation
 
-    async def _generate(self, served: ServedModel, prepared: PreparedPrompt, params: SamplingParams,
-                        request_id: str) -> AsyncIterator[Event]:
+    async def _generate(self, prepared: PreparedPrompt, params: SamplingParams, stream: Any,
+                        timing: Timing) -> AsyncIterator[Event]:
+        """The engine's outputs of a queued request as events (the caller closes the stream)."""
         splitters = [prepared.reasoning.splitter() for _ in range(params.n)]
         held = [""] * params.n  # with tools, a sample's text is held until it ends: a call is known only then
         completion = [0] * params.n
         prompt_tokens, cached = len(prepared.ids), 0
-        timing = Timing(self.metrics, served.id)
-        stream = served.engine.add_request(prepared.ids, params, request_id)
-        try:
-            async for out in stream:
-                timing.saw(out)
-                prompt_tokens, cached = out.prompt_tokens or len(prepared.ids), out.cached_prompt_tokens
-                completion[out.index] += len(out.new_token_ids)
-                if out.finish_reason == "error":
-                    raise GenerationFailedError(out.error or "generation failed")
-                if out.finish_reason == "abort":  # a client's own abort closes this generator instead
-                    raise TurnAbortedError("the request was stopped because the server is shutting down")
-                if prepared.tools.active:
-                    held[out.index] += out.text_delta
-                    if out.finished:
-                        for event in _tool_events(prepared, out.index, held[out.index], out.finish_reason):
-                            yield event
-                    continue
-                for event in _text_events(splitters[out.index], out):
-                    yield event
+        async for out in stream:
+            timing.saw(out)
+            prompt_tokens, cached = out.prompt_tokens or len(prepared.ids), out.cached_prompt_tokens
+            completion[out.index] += len(out.new_token_ids)
+            if out.finish_reason == "error":
+                raise GenerationFailedError(out.error or "generation failed")
+            if out.finish_reason == "abort":  # a client's own abort closes this generator instead
+                raise TurnAbortedError("the request was stopped because the server is shutting down")
+            if prepared.tools.active:
+                held[out.index] += out.text_delta
                 if out.finished:
-                    yield Finish(out.index, out.finish_reason, out.stop_reason)
-            timing.done()
-        finally:
-            await stream.aclose()
+                    for event in _tool_events(prepared, out.index, held[out.index], out.finish_reason):
+                        yield event
+                continue
+            for event in _text_events(splitters[out.index], out):
+                yield event
+            if out.finished:
+                yield Finish(out.index, out.finish_reason, out.stop_reason)
+        timing.done()
         yield Usage(prompt_tokens, sum(completion), cached)
 
 

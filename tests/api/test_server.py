@@ -177,6 +177,28 @@ def test_idle_models_other_than_the_default_are_unloaded(tiny_settings_factory: 
         server.stop()
 
 
+def test_full_queue_refuses_a_stream_with_503_before_it_starts(tiny_settings_factory: Any) -> None:
+    """A stream's status cannot change once it has begun: a full queue must be a 503, not an in-band error."""
+    server = start_server(tiny_settings_factory(LABS_MAX_QUEUE="1", LABS_MAX_NUM_SEQS="1", LABS_PRELOAD_ON_START="true"))
+    body = {"messages": HELLO, "max_tokens": 100, "ignore_eos": True, "stream": True}
+
+    async def flood() -> list[tuple[int, str]]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+            async def one() -> tuple[int, str]:
+                response = await client.post("/v1/chat/completions", json=body)
+                return response.status_code, response.text
+            return await asyncio.gather(*(one() for _ in range(8)))
+
+    try:
+        answers = asyncio.run(flood())
+        statuses = sorted(status for status, _ in answers)
+        assert 200 in statuses and 503 in statuses, statuses
+        assert all('"error"' not in text for status, text in answers if status == 200)  # no in-band overload
+        server.wait_idle()
+    finally:
+        server.stop()
+
+
 def test_full_queue_is_503_with_retry_after(tiny_settings_factory: Any) -> None:
     server = start_server(tiny_settings_factory(LABS_MAX_QUEUE="1", LABS_MAX_NUM_SEQS="1", LABS_PRELOAD_ON_START="true"))
     body = {"messages": HELLO, "max_tokens": 100, "ignore_eos": True}

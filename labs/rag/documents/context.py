@@ -80,6 +80,7 @@ def sources_payload(hits: Sequence[Hit], char_budget: int = DEFAULT_CONTEXT_CHAR
             "page": hit.page,
             "score": round(hit.score, 4),
             "snippet": hit.snippet,
+            "text": hit.text,  # the whole passage the model was given, for a reader to open
         }
         for number, hit in enumerate(select_context(hits, char_budget), start=1)
     ]

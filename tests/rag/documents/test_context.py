@@ -81,6 +81,7 @@ def test_sources_payload_matches_the_numbering_and_is_json() -> None:
         "page": None,
         "score": round(hits[0].score, 4),
         "snippet": hits[0].snippet,
+        "text": hits[0].text,
     }
     assert len(payload[0]["snippet"]) <= 201 and payload[0]["snippet"].endswith("…")
     assert json.loads(json.dumps(payload)) == payload
