@@ -27,6 +27,7 @@ from labs.engine.sampler import RowState, Sampler, make_generator
 from labs.engine.sampling import SamplingParams
 from labs.engine.scheduler import Scheduler, SchedulerOutput
 from labs.engine.sequence import OutputSink, RequestOutput, Sequence, Status
+from labs.engine.verify import verify_engine_matches_model
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ class EngineCore:
         self.cache = KVCache(shape, num_blocks, self.config.block_size, device)
         self.runner = ModelRunner(model, self.cache, self.allocator, self.config.fused_forward, buffer_bytes, self.config.max_num_seqs,
                                   self.config.native_kernels, self.config.native_cache_dir)
+        verify_engine_matches_model(self)  # refuses a model the engine would run wrong
         self.scheduler = Scheduler(self.allocator, self.config.max_num_seqs, self.config.max_batched_tokens)
         self.sampler = Sampler()
         self.eos_ids = eos_token_ids(model, tokenizer)

@@ -103,7 +103,7 @@ def supports(model: Any) -> str | None:
     if getattr(config, "mlp_bias", False):
         return "MLP bias"
     window = getattr(config, "sliding_window", None)
-    if window is not None and (getattr(config, "use_sliding_window", True) is not False):
+    if window is not None and getattr(config, "use_sliding_window", True) is not False and not window_covers_context(config):
         return "sliding-window attention"
     inner = getattr(model, "model", None)
     if inner is None or not hasattr(inner, "layers") or not hasattr(inner, "rotary_emb") or not hasattr(inner, "embed_tokens"):
@@ -117,6 +117,13 @@ def supports(model: Any) -> str | None:
         if hasattr(attention, "q_norm") or hasattr(attention, "k_norm"):
             return "query/key norms"
     return None
+
+
+def window_covers_context(config: Any) -> bool:
+    """A sliding window at least as long as the model's context never hides a key: it is full
+    attention, which the fused forward computes."""
+    window, context = getattr(config, "sliding_window", None), getattr(config, "max_position_embeddings", None)
+    return isinstance(window, int) and isinstance(context, int) and window >= context
 
 
 class FusedLlamaForward:

@@ -4,15 +4,23 @@ One tensor per layer for keys and one for values, shaped [kv_heads, num_blocks *
 head_dim]: writing a step's new keys is one `index_copy_` per layer, and a block of one kv head
 is contiguous, so gathering contexts is a single `index_select` of large runs (see attention.py).
 Allocated once, never grown.
+
+The geometry (layers, kv heads, key and value widths) is not read from the config, whose names
+and meanings vary by architecture (GPT-2 has no num_key_value_heads; multi-head latent attention
+has keys of qk_nope_head_dim + qk_rope_head_dim and values of v_head_dim): `cache_shape_for` runs
+the model's forward once on a few tokens and records what its attention layers receive. Kinds of
+model the engine cannot serve are refused there, each with a one-line reason.
 """
 
 from __future__ import annotations
 
 import logging
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from labs.errors import LabsError
 
@@ -29,29 +37,148 @@ class UnsupportedModelError(LabsError):
 class CacheShape:
     num_layers: int
     kv_heads: int
-    head_dim: int
+    head_dim: int  # the width of a key (and of a value, unless value_head_dim says otherwise)
     dtype: torch.dtype
+    value_head_dim: int | None = None  # multi-head latent attention (DeepSeek V2/V3): values narrower than keys
+
+    @property
+    def value_dim(self) -> int:
+        return self.head_dim if self.value_head_dim is None else self.value_head_dim
 
     @property
     def bytes_per_token(self) -> int:
-        return self.num_layers * 2 * self.kv_heads * self.head_dim * torch.finfo(self.dtype).bits // 8
+        return self.num_layers * self.kv_heads * (self.head_dim + self.value_dim) * torch.finfo(self.dtype).bits // 8
+
+
+# Models without attention (state-space and recurrent) or whose layers are not all attention (hybrids):
+# the paged cache holds keys and values, nothing of a recurrent state.
+STATE_SPACE_MODEL_TYPES = frozenset({"mamba", "mamba2", "falcon_mamba", "rwkv", "xlstm", "recurrent_gemma"})
+HYBRID_MODEL_TYPES = frozenset({"jamba", "bamba", "zamba", "zamba2", "falcon_h1", "nemotron_h", "granitemoehybrid", "lfm2",
+                                "lfm2_moe", "qwen3_next", "kimi_linear", "olmo_hybrid", "bailing_hybrid", "minimax"})
+ATTENTION_LAYER_TYPES = frozenset({"full_attention", "sliding_attention", "attention"})
+_SHAPE_PROBE = "labs_shape_probe"
+_geometry: "weakref.WeakKeyDictionary[Any, CacheShape]" = weakref.WeakKeyDictionary()
 
 
 def cache_shape_for(model: Any, context_length: int) -> CacheShape:
-    """Read the attention geometry from the model config; refuse what paged attention would get wrong."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    heads = config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    """The cache geometry, read from what the model's attention layers really receive; refuse what
+    the paged engine cannot run (UnsupportedModelError, one line naming the architecture)."""
+    shape = _geometry.get(model)
+    if shape is None or shape.dtype != _dtype_of(model):
+        refuse_known_unsupported(model)
+        shape = _record_attention_shapes(model)
+        _geometry[model] = shape
+    return shape
+
+
+def text_config(model: Any) -> Any:
+    return model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+
+
+def describe(model: Any) -> str:
+    """How refusals name a model: its class and model type."""
+    return f"{type(model).__name__} ({getattr(text_config(model), 'model_type', None) or 'unknown type'})"
+
+
+def refuse_known_unsupported(model: Any) -> None:
+    """Refuse, before running anything, the kinds of model the paged engine does not serve."""
+    config = text_config(model)
+    name = f"the labs engine cannot run {describe(model)}"
+    model_type = getattr(config, "model_type", None)
+    if getattr(model.config, "is_encoder_decoder", False):
+        raise UnsupportedModelError(f"{name}: it is an encoder-decoder model; the engine serves decoder-only causal LMs")
+    if model_type in STATE_SPACE_MODEL_TYPES or not getattr(config, "num_attention_heads", None):
+        raise UnsupportedModelError(f"{name}: it is a state-space (recurrent) model with no attention layers, and the engine "
+                                    "only serves attention through its paged KV cache")
     if getattr(config, "attention_chunk_size", None):  # Llama 4's chunked attention
-        raise UnsupportedModelError("chunked attention (attention_chunk_size) is not supported by the paged engine")
-    layers = [m for m in model.modules() if hasattr(m, "layer_idx") and hasattr(m, "config") and m.__class__.__name__.endswith("Attention")]
-    if len(layers) != config.num_hidden_layers:
-        raise UnsupportedModelError(
-            f"the labs engine cannot run {type(model).__name__}: found {len(layers)} attention layers with a "
-            f"layer index, expected {config.num_hidden_layers} (its attention does not go through transformers' attention interface)"
-        )
-    return CacheShape(config.num_hidden_layers, kv_heads, head_dim, next(model.parameters()).dtype)
+        raise UnsupportedModelError(f"{name}: chunked attention (attention_chunk_size) is not supported by the paged engine")
+    other = sorted({str(kind) for kind in getattr(config, "layer_types", None) or ()} - ATTENTION_LAYER_TYPES)
+    if model_type in HYBRID_MODEL_TYPES or other:
+        kinds = f" (its layers include {', '.join(other)})" if other else ""
+        raise UnsupportedModelError(f"{name}: it is a hybrid model whose layers are not all attention{kinds}; the engine's "
+                                    "KV cache serves attention layers only")
+
+
+def _record_attention_shapes(model: Any) -> CacheShape:
+    """Run the model's own forward on a few tokens with an attention function that records the
+    query/key/value shapes of every layer (and attends plainly, so the forward goes on)."""
+    from transformers import AttentionInterface
+
+    name = f"the labs engine cannot run {describe(model)}"
+    config = text_config(model)
+    calls: list[tuple[Any, tuple[int, ...], tuple[int, ...], tuple[int, ...]]] = []
+
+    def record(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: Any,
+               scaling: float | None = None, dropout: float = 0.0, **_: Any) -> tuple[torch.Tensor, None]:
+        calls.append((getattr(module, "layer_idx", None), tuple(query.shape), tuple(key.shape), tuple(value.shape)))
+        if key.shape[1] != query.shape[1]:
+            group = query.shape[1] // max(key.shape[1], 1)
+            key, value = key.repeat_interleave(group, dim=1), value.repeat_interleave(group, dim=1)
+        out = F.scaled_dot_product_attention(query, key, value, is_causal=query.shape[2] > 1, scale=scaling)
+        return out.transpose(1, 2), None
+
+    bypassed = (f"{name}: its attention does not go through the labs engine (transformers' attention interface), so the "
+                "engine would run the model's own attention on no cache")
+    can_switch = getattr(type(model), "_can_set_attn_implementation", None)  # transformers' own test (it warns when it fails)
+    if callable(can_switch) and not can_switch():
+        raise UnsupportedModelError(bypassed)
+    AttentionInterface.register(_SHAPE_PROBE, record)
+    previous = model.config._attn_implementation
+    model.set_attn_implementation(_SHAPE_PROBE)
+    try:
+        if model.config._attn_implementation != _SHAPE_PROBE:
+            raise UnsupportedModelError(bypassed)
+        rows = model.get_input_embeddings().num_embeddings
+        ids = torch.arange(1, 4, device=model.get_input_embeddings().weight.device)[None] % rows
+        try:
+            with torch.inference_mode():
+                model(input_ids=ids, use_cache=False)
+        except UnsupportedModelError:
+            raise
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as error:  # noqa: BLE001 - one line for the user: the model cannot run this way
+            raise UnsupportedModelError(f"{name}: its forward fails with the engine's attention ({_one_line(error)})") from None
+    finally:
+        model.set_attn_implementation(previous)
+    if not calls:
+        raise UnsupportedModelError(bypassed)
+    layers = [layer for layer, *_ in calls]
+    expected = int(getattr(config, "num_hidden_layers", len(calls)) or len(calls))
+    if any(not isinstance(layer, int) for layer in layers):
+        raise UnsupportedModelError(f"{name}: its attention layers have no layer index to address the KV cache by")
+    if len(set(layers)) != len(layers):
+        raise UnsupportedModelError(f"{name}: its layers call attention more than once each ({len(layers)} calls for "
+                                    f"{len(set(layers))} layers, as differential attention does); the paged cache holds one "
+                                    "key and value per layer and token")
+    if sorted(layers) != list(range(len(layers))) or len(layers) != expected:
+        raise UnsupportedModelError(f"{name}: {len(set(layers))} of its {expected} layers run attention through the engine "
+                                    f"(layers {_ranges(sorted(set(layers)))}); the others are not attention the paged cache can serve")
+    shapes = {(query[1], key[1], value[1], key[-1], value[-1]) for _, query, key, value in calls}
+    if len(shapes) != 1:
+        raise UnsupportedModelError(f"{name}: its layers' attention shapes differ (heads, kv heads, key and value widths: "
+                                    f"{sorted(shapes)}); the paged cache has one shape for all layers")
+    heads, kv_heads, value_heads, key_dim, value_dim = shapes.pop()
+    if value_heads != kv_heads or kv_heads == 0 or heads % kv_heads:
+        raise UnsupportedModelError(f"{name}: {heads} query heads cannot share {kv_heads} key and {value_heads} value heads")
+    return CacheShape(len(layers), kv_heads, key_dim, _dtype_of(model), None if value_dim == key_dim else value_dim)
+
+
+def _dtype_of(model: Any) -> torch.dtype:
+    """The dtype of the activations (and of the cache): the first floating-point parameter's."""
+    for parameter in model.parameters():
+        if parameter.is_floating_point():
+            return parameter.dtype
+    return torch.float32
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}{': ' + text if text else ''}"[:300]
+
+
+def _ranges(values: list[int]) -> str:
+    return ", ".join(str(v) for v in values[:8]) + (", ..." if len(values) > 8 else "")
 
 
 class KVCache:
@@ -61,7 +188,7 @@ class KVCache:
         self.block_size = block_size
         slots = num_blocks * block_size
         self.key = [torch.zeros(shape.kv_heads, slots, shape.head_dim, dtype=shape.dtype, device=device) for _ in range(shape.num_layers)]
-        self.value = [torch.zeros(shape.kv_heads, slots, shape.head_dim, dtype=shape.dtype, device=device) for _ in range(shape.num_layers)]
+        self.value = [torch.zeros(shape.kv_heads, slots, shape.value_dim, dtype=shape.dtype, device=device) for _ in range(shape.num_layers)]
         logger.info("KV cache: %d blocks of %d tokens (%.2f GiB)", num_blocks, block_size, self.nbytes / 1024**3)
 
     @property

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from labs.engine.attention import DecodeRows, PagedBatch, PrefillChunk
+from labs.engine.attention import DecodeRows, PagedBatch, PrefillChunk, batch_context
 from labs.engine.decode_buffer import DecodeBuffer
 from labs.engine.fused_llama import FusedLlamaForward, supports
 from labs.engine.kv_blocks import BlockAllocator
@@ -44,7 +44,10 @@ class ModelRunner:
         self.allocator = allocator
         self.device = next(model.parameters()).device
         self.block_size = cache.block_size
-        self.buffer = DecodeBuffer(cache.shape, decode_buffer_bytes, max_rows, self.device) if decode_buffer_bytes else None
+        # the dense buffer holds keys and values of one width: models whose values are narrower
+        # (multi-head latent attention) gather their pages instead
+        dense = decode_buffer_bytes and cache.shape.value_dim == cache.shape.head_dim
+        self.buffer = DecodeBuffer(cache.shape, decode_buffer_bytes, max_rows, self.device) if dense else None
         self.fused: FusedLlamaForward | None = None
         if fused:
             reason = supports(model)
@@ -108,7 +111,8 @@ class ModelRunner:
         if self.fused is not None:
             logits = self.fused(input_ids, position_ids, batch, keep)
         else:
-            output = self.model(input_ids=input_ids[None], position_ids=position_ids[None], use_cache=False, labs_batch=batch, logits_to_keep=keep)
+            with batch_context(batch):
+                output = self.model(input_ids=input_ids[None], position_ids=position_ids[None], use_cache=False, logits_to_keep=keep)
             logits = output.logits[0]
         return StepLogits(sampled, logits[:len(sampled)].float())
 
