@@ -33,6 +33,7 @@ from labs.serving.errors import (
     InvalidTurnError,
     SamplingParamsError,
     TurnAbortedError,
+    UnsupportedModelError,
 )
 from labs.serving.models import ModelNotAvailableError, ModelsBusyError
 
@@ -109,6 +110,9 @@ def to_api_error(error: BaseException) -> APIError:
                         headers={"Retry-After": str(max(1, round(error.retry_after)))})
     if isinstance(error, EngineDeadError):
         return APIError(503, str(error), type="server_error", code="engine_unavailable")
+    if isinstance(error, UnsupportedModelError):  # names the architecture only, never a path
+        return APIError(422, f"{error}; choose another model (GET /v1/models lists them)", param="model",
+                        code="model_not_supported")
     if isinstance(error, (ModelNotFoundError, ModelLoadError)):
         incident = uuid.uuid4().hex[:12]  # the message names server paths: it goes to the log, not the client
         logger.error("model load failed (incident %s): %s", incident, error)

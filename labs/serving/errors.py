@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from labs.engine.errors import EngineDeadError, EngineOverloadedError, EngineRequestError
+from labs.engine.kv_cache import UnsupportedModelError
 from labs.engine.sampling import SamplingParamsError
 from labs.errors import LabsError
 
 # The engine's errors, as the edges see them (they map them to statuses without importing the engine).
 __all__ = ["EngineDeadError", "EngineOverloadedError", "EngineRequestError", "GenerationFailedError",
-           "InvalidTurnError", "SamplingParamsError", "TurnAbortedError"]
+           "InvalidTurnError", "SamplingParamsError", "TurnAbortedError", "UnsupportedModelError"]
 
 
 class InvalidTurnError(LabsError):

@@ -216,3 +216,26 @@ def test_mid_stream_failure_is_an_error_event_then_done(tiny_server: LiveServer)
     assert '"error"' in lines[-2] and "simulated device failure" in lines[-2] and '"type":"server_error"' in lines[-2]
     tiny_server.wait_idle()
     still_serves(tiny_server)
+
+
+def test_a_model_the_engine_cannot_run_is_422_naming_why(tiny_settings_factory: Any, tiny_model_dir: Path,
+                                                          tmp_path: Path) -> None:
+    """Falcon's attention bypasses the engine: asking for it is a clear 422, and the server goes on."""
+    import torch
+    from transformers import AutoTokenizer, FalconConfig, FalconForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    torch.manual_seed(0)
+    falcon = FalconForCausalLM(FalconConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2,
+                                            num_attention_heads=4, max_position_embeddings=256))
+    falcon.save_pretrained(tmp_path / "falcon")
+    tokenizer.save_pretrained(tmp_path / "falcon")
+    server = start_server(tiny_settings_factory(f'[models]\nfalcon = "{tmp_path / "falcon"}"\n'))
+    try:
+        with server.client() as client:
+            error = error_of(chat(client, model="falcon", messages=[{"role": "user", "content": "Hi"}], max_tokens=2), 422)
+            assert error["code"] == "model_not_supported" and error["param"] == "model"
+            assert "cannot run FalconForCausalLM (falcon)" in error["message"] and str(tmp_path) not in error["message"]
+            assert chat(client, messages=[{"role": "user", "content": "Hi"}], max_tokens=2).status_code == 200
+    finally:
+        server.stop()

@@ -300,3 +300,36 @@ def test_controls_are_labelled_for_screen_readers(page: Page) -> None:
         }).map((el) => el.outerHTML);""")
     assert not unlabelled
     assert page.driver.find_element(By.ID, "messages").get_attribute("role") == "log"
+
+
+def test_light_and_dark_follow_the_system(page: Page) -> None:
+    page.open()
+    background = "return getComputedStyle(document.body).backgroundColor"
+    try:
+        page.driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": [{"name": "prefers-color-scheme", "value": "light"}]})
+        light = page.driver.execute_script(background)
+        page.driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": [{"name": "prefers-color-scheme", "value": "dark"}]})
+        dark = page.driver.execute_script(background)
+    finally:
+        page.driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
+    brightness = [sum(int(part) for part in colour[colour.index("(") + 1:-1].split(",")[:3]) for colour in (light, dark)]
+    assert brightness[0] > 600 and brightness[1] < 150, (light, dark)
+
+
+def test_an_imported_conversation_shows_thinking_folded_and_tool_calls(page: Page, tmp_path: Path) -> None:
+    conversation = {"id": "c-tools", "title": "Weather", "created": 1, "updated": 2, "messages": [
+        {"role": "user", "content": "What is the weather in Lisbon?"},
+        {"role": "assistant", "content": "", "reasoning": "The user wants the weather; call the tool.",
+         "toolCalls": [{"id": "call_1", "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city": "Lisbon"}'}}]}]}
+    (tmp_path / "tools.json").write_text(json.dumps({"labs_conversations": [conversation]}))
+    page.open()
+    page.driver.find_element(By.ID, "import-chats").send_keys(str(tmp_path / "tools.json"))
+    page.wait(lambda d: d.find_elements(By.CSS_SELECTOR, "#conversations li .open-chat"))[0].click()
+    answer = answers(page)[0]
+    thinking = answer.find_element(By.CSS_SELECTOR, "details.thinking")
+    assert thinking.get_attribute("open") is None
+    call = answer.find_element(By.CSS_SELECTOR, "details.tool-call")
+    assert call.find_element(By.TAG_NAME, "summary").text == "Tool call: get_weather"
+    call.find_element(By.TAG_NAME, "summary").click()
+    assert '{"city": "Lisbon"}' in call.text
