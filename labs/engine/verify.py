@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from labs.engine.kv_cache import UnsupportedModelError, describe
+from labs.engine.sampling import SamplingParams
 from labs.engine.scheduler import ScheduledPrefill, SchedulerOutput
+from labs.engine.sequence import Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -39,23 +41,10 @@ PROBE_LENGTHS = (7, 5)  # tokens of the two probe sequences
 ENGINE_ATTENTION = "labs_paged"
 
 
-@dataclass(eq=False)
-class _ProbeSeq:
-    """What the runner reads of a sequence."""
-
-    seq_id: tuple[str, int]
-    prompt_token_ids: list[int]
-    max_tokens: int
-    output_token_ids: list[int] = field(default_factory=list)
-    prefill_target: int = 0
-
-    @property
-    def all_token_ids(self) -> list[int]:
-        return self.prompt_token_ids + self.output_token_ids
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self.prompt_token_ids) + len(self.output_token_ids)
+def _probe_sequence(prompt: list[int], max_tokens: int) -> Sequence:
+    """A scheduler-less sequence for the probe: the runner reads only its ids and tokens."""
+    return Sequence("labs-probe", 0, prompt, SamplingParams(max_tokens=max_tokens), max_tokens,
+                    detokenizer=None, sink=lambda _: None)  # type: ignore[arg-type] - never detokenized
 
 
 @dataclass
@@ -116,8 +105,8 @@ def verify_engine_matches_model(core: Any) -> ProbeResult | None:
 def _engine_logits(runner: Any, allocator: Any, cache: Any, tokens: list[list[int]]) -> list[tuple[tuple[int, int], torch.Tensor]]:
     """Three steps of the runner over the two probe sequences; [((sequence, position), logits)]."""
     a_tokens, b_tokens = tokens
-    a = _ProbeSeq(("labs-probe", 0), a_tokens[:len(a_tokens) - 2], max_tokens=2)
-    b = _ProbeSeq(("labs-probe", 1), b_tokens[:len(b_tokens) - 1], max_tokens=1)
+    a = _probe_sequence(a_tokens[:len(a_tokens) - 2], max_tokens=2)
+    b = _probe_sequence(b_tokens[:len(b_tokens) - 1], max_tokens=1)
     probes = {id(a): 0, id(b): 1}
     out: list[tuple[tuple[int, int], torch.Tensor]] = []
 
@@ -125,7 +114,7 @@ def _engine_logits(runner: Any, allocator: Any, cache: Any, tokens: list[list[in
         step = runner.run(scheduled)
         out.extend(((probes[id(seq)], seq.num_tokens - 1), logits) for seq, logits in zip(step.sequences, step.logits))
 
-    def decode(*seqs: _ProbeSeq) -> tuple[list[_ProbeSeq], list[int]]:
+    def decode(*seqs: Sequence) -> tuple[list[Sequence], list[int]]:
         slots = []
         for seq in seqs:
             seq.output_token_ids.append(tokens[probes[id(seq)]][seq.num_tokens])
