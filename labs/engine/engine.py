@@ -56,6 +56,7 @@ class GenerateResult:
 class Engine:
     def __init__(self, model: Any, tokenizer: Any, context_length: int, config: EngineConfig | None = None) -> None:
         self._torch = torch_thread()
+        self._torch.use_cpu_threads((config or EngineConfig()).cpu_threads)
         self.core = self._torch.call(EngineCore, model, tokenizer, context_length, config)
         self.config = self.core.config
         self.tokenizer = tokenizer
@@ -230,10 +231,14 @@ class RequestStream(AsyncIterator[RequestOutput]):
         if not self._remaining:
             raise StopAsyncIteration
         while True:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the item instead of raising
+            # when a cancellation (a client that left) arrives just as an output is ready, and the
+            # request then runs to its end
             try:
-                out = await asyncio.wait_for(self._outputs.get(), timeout=1.0)
+                async with asyncio.timeout(1.0):
+                    out = await self._outputs.get()
                 break
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.engine._check_alive()
         if out.finished:
             self._remaining -= 1

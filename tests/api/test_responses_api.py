@@ -7,6 +7,7 @@ go through `client.responses.stream`, whose helper checks the event sequence str
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -226,6 +227,23 @@ def test_json_schema_format_parses_and_validates(client: openai.OpenAI) -> None:
 # ------------------------------------------------------------------ the Agents SDK
 
 
+def _answer_after_one_tool_hooks() -> Any:
+    import agents
+
+    class AnswerAfterOneTool(agents.AgentHooks):
+        """After the tool has run, the next turn must answer in text (tool_choice "none").
+
+        The SDK's own reset hands the choice back to the model ("auto"), and whether a 135M model
+        then calls the tool again depends on the CPU's arithmetic: the test is about the protocol
+        (a call, its output sent back, an answer), not about the model's judgement."""
+
+        async def on_tool_end(self, context: Any, agent: Any, tool: Any, result: str) -> None:
+            agent.reset_tool_choice = False
+            agent.model_settings = dataclasses.replace(agent.model_settings, tool_choice="none")
+
+    return AnswerAfterOneTool()
+
+
 def _agents_run(server: LiveServer, kind: str, *, with_tool: bool) -> tuple[Any, list[str]]:
     import agents
 
@@ -243,7 +261,8 @@ def _agents_run(server: LiveServer, kind: str, *, with_tool: bool) -> tuple[Any,
         model_class = agents.OpenAIResponsesModel if kind == "responses" else agents.OpenAIChatCompletionsModel
         settings = agents.ModelSettings(temperature=0, max_tokens=40, tool_choice="required" if with_tool else None)
         agent = agents.Agent(name="helper", model=model_class(MODEL, async_client),
-                             tools=[get_weather] if with_tool else [], model_settings=settings)
+                             tools=[get_weather] if with_tool else [], model_settings=settings,
+                             hooks=_answer_after_one_tool_hooks() if with_tool else None)
         try:
             return await agents.Runner.run(agent, ASK_WEATHER if with_tool else QUESTION, max_turns=4)
         finally:
@@ -261,7 +280,9 @@ def test_agents_sdk_answers(smol_server: LiveServer, kind: str) -> None:
 @pytest.mark.parametrize("kind", ["responses", "chat_completions"])
 def test_agents_sdk_calls_a_function_tool(smol_server: LiveServer, kind: str) -> None:
     result, calls = _agents_run(smol_server, kind, with_tool=True)
-    assert calls and all(isinstance(city, str) for city in calls)
+    assert len(calls) == 1 and isinstance(calls[0], str)
+    kinds = [item.type for item in result.new_items]
+    assert kinds[:2] == ["tool_call_item", "tool_call_output_item"] and kinds[-1] == "message_output_item", kinds
     assert isinstance(result.final_output, str) and result.final_output
 
 

@@ -293,6 +293,38 @@ def test_threaded_engine_streams_aborts_and_refuses_past_the_queue(tiny_model_di
         engine.shutdown()
 
 
+def test_a_cancelled_reader_is_cancelled_even_when_an_output_is_ready() -> None:
+    """A client that leaves cancels the task reading the stream; when that cancellation lands just as
+    an output arrives, the reader must still be cancelled (Python 3.11's wait_for returned the output
+    instead, and the request ran to its end), and closing the stream aborts the request."""
+    from labs.engine.engine import RequestStream
+
+    class AbortRecorder:
+        def __init__(self) -> None:
+            self.aborted: list[str] = []
+
+        def abort(self, request_id: str) -> None:
+            self.aborted.append(request_id)
+
+        def _check_alive(self) -> None:
+            pass
+
+    async def scenario() -> None:
+        recorder = AbortRecorder()
+        outputs: asyncio.Queue[RequestOutput] = asyncio.Queue()
+        stream = RequestStream(recorder, "r1", 1, outputs)  # type: ignore[arg-type]
+        reader = asyncio.ensure_future(anext(stream))
+        await asyncio.sleep(0)  # the reader now waits for an output
+        outputs.put_nowait(RequestOutput("r1", 0, [5], "x"))
+        reader.cancel()  # in the same turn of the loop as the output
+        with pytest.raises(asyncio.CancelledError):
+            await reader
+        await stream.aclose()
+        assert recorder.aborted == ["r1"]
+
+    asyncio.run(scenario())
+
+
 def test_a_consumer_that_cannot_receive_gets_its_request_aborted(tiny) -> None:  # noqa: ANN001
     core = tiny_core(tiny)
     received: list[RequestOutput] = []
