@@ -10,8 +10,9 @@ from labs.errors import LabsError
 
 
 def effective_config(settings: Settings) -> dict[str, Any]:
-    from labs.models.device import dtype_name, resolve_placement
+    from labs.models.device import dtype_name
     from labs.models.gguf_cache import converted_folder_for, is_converted
+    from labs.models.loader import placement_from_settings
     from labs.models.recommended import recommended_sampling
     from labs.models.resolve import resolve_model
 
@@ -32,11 +33,10 @@ def effective_config(settings: Settings) -> dict[str, Any]:
     except LabsError as error:
         resolved["model"] = f"unavailable: {error}"
     try:
-        placement = resolve_placement(
-            settings.generation.device_map, settings.generation.torch_dtype, settings.sources["generation.device_map"]
-        )
+        placement = placement_from_settings(settings)
         resolved["device"] = placement.device
         resolved["dtype"] = f"{dtype_name(placement.dtype)} ({placement.reason})"
+        resolved["linear layers"] = "int8 (cpu_int8)" if placement.int8_linear else f"{dtype_name(placement.dtype)}"
     except LabsError as error:
         resolved["device"] = f"unavailable: {error}"
     return {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -22,6 +23,7 @@ class Placement:
     device: str  # "cuda", "cpu" or "mps"
     dtype: torch.dtype
     reason: str
+    int8_linear: bool = False  # the linear layers run in int8 (labs.models.int8), CPU only
 
 
 @lru_cache(maxsize=1)
@@ -56,7 +58,15 @@ def resolve_device(device_map: str, source: str = "default") -> str:
     return device_map
 
 
-def resolve_dtype(torch_dtype: str, device: str) -> tuple[torch.dtype, str]:
+def resolve_dtype(torch_dtype: str, device: str, int8_linear: bool = False) -> tuple[torch.dtype, str]:
+    """The activation dtype; `int8_linear` says the linear layers will run in int8 on the CPU.
+
+    With int8 linear layers the matrix products no longer run in the activation dtype, and what is
+    left (norms, rotary, attention, quantizing activations) runs in labs' native kernels, which
+    take fp32. bf16 activations there mean PyTorch's generic ops plus conversions at every layer:
+    measured 1.6-2.1x slower than fp32 + int8 on a Sapphire Rapids Xeon (AMX) and 1.4-2.0x on an
+    AMD EPYC with AVX512-BF16 (docs/benchmarks.md). Without int8, bf16 wins where the CPU has it.
+    """
     if torch_dtype != "auto":
         dtype = DTYPES[torch_dtype]
         if device == "cpu" and dtype == torch.bfloat16 and not cpu_has_native_bf16():
@@ -68,15 +78,21 @@ def resolve_dtype(torch_dtype: str, device: str) -> tuple[torch.dtype, str]:
         return torch.float16, "auto: this GPU lacks bf16, using fp16"
     if device == "mps":
         return torch.float16, "auto: fp16 on Apple MPS"
+    if int8_linear:
+        return torch.float32, ("auto: the linear layers run in int8 on this CPU, and fp32 around them runs the "
+                               "native kernels (faster than bf16 there)")
     if cpu_has_native_bf16():
         return torch.bfloat16, f"auto: the CPU ({platform.machine()}) has native bf16"
     return torch.float32, f"auto: the CPU ({platform.machine()}) has no native bf16, so fp32 is faster"
 
 
-def resolve_placement(device_map: str, torch_dtype: str, device_source: str = "default") -> Placement:
+def resolve_placement(device_map: str, torch_dtype: str, device_source: str = "default",
+                      int8_linear: Callable[[str], bool] = lambda device: False) -> Placement:
+    """Device, then whether int8 linear layers apply there (`int8_linear(device)`), then the dtype."""
     device = resolve_device(device_map, device_source)
-    dtype, reason = resolve_dtype(torch_dtype, device)
-    return Placement(device, dtype, reason)
+    int8 = int8_linear(device)
+    dtype, reason = resolve_dtype(torch_dtype, device, int8)
+    return Placement(device, dtype, reason, int8)
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -68,17 +68,23 @@ def _import_modeling_code() -> float:
     return time.perf_counter() - started
 
 
+def placement_from_settings(settings: Settings) -> Placement:
+    """Where and in what dtype the configured model runs, with int8 linear layers where they apply."""
+    return resolve_placement(
+        settings.generation.device_map, settings.generation.torch_dtype, settings.sources["generation.device_map"],
+        int8_linear=lambda device: use_cpu_int8(settings.quantization, device, settings.sources["quantization.cpu_int8"]),
+    )
+
+
 def load_model(settings: Settings, model: str | None = None, progress: Progress | None = None) -> LoadedModel:
     """Resolve `model` (default: the configured one) and load it."""
     import_seconds = _import_modeling_code()
     started = time.perf_counter()
     spec = model or settings.generation.model_name
     source = resolve_model(spec, settings.model_aliases)
-    placement = resolve_placement(
-        settings.generation.device_map, settings.generation.torch_dtype, settings.sources["generation.device_map"]
-    )
+    placement = placement_from_settings(settings)
     quantization_config = build_quantization_config(settings.quantization, placement.device)
-    int8 = use_cpu_int8(settings.quantization, placement.device, settings.sources["quantization.cpu_int8"])
+    int8 = placement.int8_linear
     folder = source.path
     if source.kind == "gguf":
         folder = ensure_converted(source.path, settings.paths.cache_dir, progress)
