@@ -122,6 +122,20 @@ def one_of(*choices: str, aliases: dict[str, str] | None = None) -> Parser:
     return parse
 
 
+def auto_or_integer_at_least(low: int) -> Parser:
+    """"auto", or an integer (a fixed count)."""
+
+    def parse(value: Any) -> str | int:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        try:
+            return integer_at_least(low)(value)
+        except ValueProblem as problem:
+            raise ValueProblem(f'expected "auto" or an integer >= {low}, got {value!r}') from problem
+
+    return parse
+
+
 def optional_number_between(low: float, high: float) -> Parser:
     """A number in [low, high], or empty / "none" for "not set"."""
 
@@ -358,6 +372,11 @@ KEYS: tuple[Key, ...] = (
          "compiler into cache_dir/native (~25 s). auto: use them once built, building in the "
          "background meanwhile (PyTorch path until then, or when no compiler is found); on: build "
          "now and fail if that is impossible; off: PyTorch only.", env="LABS_NATIVE_KERNELS"),
+    _key("engine", "cpu_threads", auto_or_integer_at_least(1), "auto",
+         "Threads for the model's CPU work. auto: the CPUs this process may use (affinity, cgroup quota), "
+         "one fewer for each core other processes keep busy, re-checked between steps, because a "
+         "thread team that shares a core with another busy process stalls at every operation; "
+         "a number fixes the count.", env="LABS_CPU_THREADS"),
     # [embeddings]
     _key("embeddings", "model", _nonempty_text, "all-minilm-l6-v2",
          "Embedding model: alias, local sentence-transformers folder, or cached Hub id.",

@@ -44,6 +44,7 @@ class EngineConfig:
     decode_buffer: float = 0.25  # share of the KV budget for the dense decode buffer (labs.engine.decode_buffer); 0: off
     native_kernels: str = "auto"  # fused C++ kernels for the int8 CPU forward: auto, on, off (labs.engine.native)
     native_cache_dir: Path | None = None  # where they are built; None: the default cache folder
+    cpu_threads: str | int = "auto"  # torch threads on CPU: auto (fit to the free cores, labs.engine.cpu_share) or a count
 
 
 @dataclass

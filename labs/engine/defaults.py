@@ -24,4 +24,5 @@ def engine_config_from_settings(settings: SimpleNamespace, page_bytes: int | Non
         decode_buffer=engine.decode_buffer,
         native_kernels=engine.native_kernels,
         native_cache_dir=settings.paths.cache_dir,
+        cpu_threads=engine.cpu_threads,
     )
