@@ -191,6 +191,8 @@ def _dense_decode_attention(q: torch.Tensor, key: torch.Tensor, value: torch.Ten
     group = heads // kv_heads
     if native is not None:
         native.store_decode_rows(key, value, keys, values, decode.lengths)
+        if sliding_window is None and softcap is None and sinks is None:  # the same bits alone or batched
+            return native.decode_attention(q, keys, values, decode.lengths, scale).to(q.dtype)
     else:
         keys.view(-1).put_(decode.key_write_index, key[:rows].reshape(-1).to(keys.dtype))
         values.view(-1, head_dim).index_copy_(0, decode.value_write_index, value[:rows].reshape(-1, head_dim).to(values.dtype))
@@ -198,12 +200,8 @@ def _dense_decode_attention(q: torch.Tensor, key: torch.Tensor, value: torch.Ten
     values = values[:rows, :, :length].view(rows * kv_heads, length, head_dim)
     queries = q[:rows].reshape(rows * kv_heads, group, head_dim)
     scores = torch.bmm(queries.to(keys.dtype), keys).view(rows, kv_heads, group, length)
-    if native is not None and sliding_window is None and softcap is None and sinks is None:
-        native.decode_softmax(scores, scale, decode.lengths)
-        probs = scores
-    else:
-        head_sinks = None if sinks is None else sinks.view(1, kv_heads, group, 1)
-        probs = _decode_probs(scores.mul_(scale), decode.padding, decode.lengths, sliding_window, softcap, head_sinks)
+    head_sinks = None if sinks is None else sinks.view(1, kv_heads, group, 1)
+    probs = _decode_probs(scores.mul_(scale), decode.padding, decode.lengths, sliding_window, softcap, head_sinks)
     return torch.bmm(probs.to(values.dtype).view(rows * kv_heads, group, length), values).view(rows, heads, head_dim).to(q.dtype)
 
 

@@ -200,17 +200,74 @@ def test_store_decode_rows_writes_at_each_rows_length(kernels: ModuleType) -> No
         kernels.store_decode_rows(key, value, keys, values, torch.tensor([1, 25, 3]))
 
 
-def test_decode_softmax_matches_pytorch_and_zeroes_past_each_length(kernels: ModuleType) -> None:
-    scores = torch.randn(5, 3, 3, 40) * 10
-    lengths = torch.tensor([40, 1, 17, 33, 8])
-    masked = torch.arange(40)[None, :] >= lengths[:, None]
-    expected = torch.softmax((scores * 0.125).masked_fill(masked[:, None, None, :], float("-inf")), dim=-1)
-    kernels.decode_softmax(scores, 0.125, lengths)
-    torch.testing.assert_close(scores, expected, rtol=1e-5, atol=1e-6)
-    poisoned = torch.randn(2, 1, 1, 8)
-    poisoned[1, 0, 0, 3] = float("nan")
-    kernels.decode_softmax(poisoned, 1.0, torch.tensor([8, 8]))
-    assert torch.isfinite(poisoned[0]).all() and torch.isnan(poisoned[1]).all()  # NaN spreads through its row only
+def reference_decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, lengths: list[int],
+                               scale: float) -> torch.Tensor:
+    """Each sequence alone, in float64: softmax(q K^T * scale) V over its first `length` positions."""
+    kv_heads = keys.shape[1]
+    group = q.shape[1] // kv_heads
+    out = []
+    for i, length in enumerate(lengths):
+        k = keys[i, :, :, :length].double()  # [kvh, D, L]
+        v = values[i, :, :length].double()  # [kvh, L, Dv]
+        qi = q[i].double().view(kv_heads, group, -1)
+        probs = torch.softmax(torch.bmm(qi, k) * scale, dim=-1)
+        out.append(torch.bmm(probs, v).reshape(q.shape[1], -1))
+    return torch.stack(out).float()
+
+
+def decode_buffers(rows: int, kv_heads: int, dims: int, capacity: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    keys = torch.randn(rows, kv_heads, dims, capacity, generator=generator)
+    values = torch.randn(rows, kv_heads, capacity, dims, generator=generator)
+    return keys, values
+
+
+def test_decode_attention_matches_the_definition(kernels: ModuleType) -> None:
+    generator = torch.Generator().manual_seed(5)
+    keys, values = decode_buffers(5, 3, 16, 40, generator)
+    q = torch.randn(6, 9, 16, generator=generator) * 3  # one token more than the decoding rows, as in a mixed step
+    lengths = [40, 1, 17, 33, 8]
+    out = kernels.decode_attention(q, keys, values, torch.tensor(lengths), 0.25)
+    assert out.shape == (5, 9, 16)
+    torch.testing.assert_close(out, reference_decode_attention(q, keys, values, lengths, 0.25), rtol=1e-5, atol=1e-5)
+    strided = torch.randn(6, 9, 48, generator=generator)[:, :, 8:24]  # rows of a fused q/k/v output: strided, last dim contiguous
+    strided.copy_(q)
+    assert torch.equal(kernels.decode_attention(strided, keys, values, torch.tensor(lengths), 0.25), out)
+
+
+def test_decode_attention_gives_a_sequence_the_same_bits_in_any_batch(kernels: ModuleType) -> None:
+    """A sequence's attention may not depend on the batch around it (its size, the others' lengths,
+    its row): alone and batched must round the same, or greedy int8 answers part. torch.bmm over
+    the same data is not batch-invariant (it picks its blocking by the batch's shape)."""
+    generator = torch.Generator().manual_seed(3)
+    for length in (39, 301):
+        keys, values = decode_buffers(1, 3, 64, 320, generator)
+        q = torch.randn(1, 9, 64, generator=generator)
+        alone = kernels.decode_attention(q, keys, values, torch.tensor([length]), 0.125)
+        for rows in (2, 3, 7):
+            for place in {0, rows - 1}:
+                batch_keys, batch_values = decode_buffers(rows, 3, 64, 320, generator)
+                batch_q = torch.randn(rows, 9, 64, generator=generator)
+                batch_keys[place], batch_values[place], batch_q[place] = keys[0], values[0], q[0]
+                lengths = torch.randint(1, 321, (rows,), generator=generator)
+                lengths[place] = length
+                out = kernels.decode_attention(batch_q, batch_keys, batch_values, lengths, 0.125)
+                assert torch.equal(out[place], alone[0]), (length, rows, place)
+
+
+def test_decode_attention_refuses_what_does_not_fit(kernels: ModuleType) -> None:
+    generator = torch.Generator().manual_seed(1)
+    keys, values = decode_buffers(2, 3, 16, 8, generator)
+    q = torch.randn(2, 9, 16, generator=generator)
+    with pytest.raises(RuntimeError, match="length 9 does not fit the buffer's 8 positions"):
+        kernels.decode_attention(q, keys, values, torch.tensor([9, 1]), 1.0)
+    with pytest.raises(RuntimeError, match=r"the query heads \(8\) must be a multiple of the kv heads \(3\)"):
+        kernels.decode_attention(q[:, :8], keys, values, torch.tensor([2, 1]), 1.0)
+    with pytest.raises(RuntimeError, match="more decoding rows than queries or buffer rows"):
+        kernels.decode_attention(q, keys, values, torch.tensor([1, 1, 1]), 1.0)
+    poisoned = values.clone()
+    poisoned[1, 0, 3, 0] = float("nan")
+    out = kernels.decode_attention(q, keys, poisoned, torch.tensor([8, 8]), 1.0)
+    assert torch.isfinite(out[0]).all() and torch.isnan(out[1, :3]).any()  # NaN stays in its sequence
 
 
 # ---------------------------------------------------------------------------- through the engine
@@ -240,6 +297,37 @@ def test_native_and_pytorch_int8_forwards_agree(architecture: str, tiny_model_di
     for (tokens, logprobs), (tokens_ref, logprobs_ref) in zip(native, pytorch):
         assert tokens == tokens_ref
         torch.testing.assert_close(torch.tensor(logprobs), torch.tensor(logprobs_ref), rtol=0, atol=2e-3)
+
+
+def test_the_default_model_in_int8_gives_the_same_tokens_alone_and_batched(default_model_dir: Path) -> None:
+    """The README's promise for int8 with the native kernels, on the real model whose int8 logits
+    move with the last bit of anything: each request's greedy tokens are the same alone and in a
+    batch of requests of other lengths (with torch.bmm for decode attention they parted after 9-20
+    tokens). The cache is large enough for the decode buffer to hold the batch (steps that must
+    gather pages still attend with torch.bmm), and prefix caching is off: a cache hit computes the
+    rest of a prompt in a different shape, which moves the last bit on its own."""
+    from labs.engine.core import EngineConfig, EngineCore
+
+    model, tokenizer = load_fp32(default_model_dir)
+    quantize_linears_int8(model)
+    questions = ["Name a color number 2.", "What is the capital of France?", "Write a haiku about autumn leaves.",
+                 "Explain what a budget is in two sentences.", "List three fruits."]
+    prompts = [tokenizer(tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
+                                                       tokenize=False), add_special_tokens=False)["input_ids"] for q in questions]
+    core = EngineCore(model, tokenizer, 8192, EngineConfig(kv_cache_memory=256 * 1024**2, native_kernels="on",
+                                                            enable_prefix_caching=False))
+    assert core.runner.fused.kernels is not None
+
+    def greedy(batch: list[int]) -> dict[int, list[int]]:
+        sink = Collector()
+        for i in batch:
+            core.add_request(f"q{i}", prompts[i], SamplingParams(max_tokens=60, temperature=0, ignore_eos=True), sink)
+        run_all(core)
+        return {i: sink.tokens(f"q{i}") for i in batch}
+
+    alone = {i: greedy([i])[i] for i in range(len(prompts))}
+    assert greedy(list(range(len(prompts)))) == alone
+    assert_cache_empty(core)
 
 
 def test_fp32_weights_never_ask_for_native_kernels(tiny_model_dir: Path) -> None:

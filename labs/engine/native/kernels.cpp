@@ -332,40 +332,123 @@ void store_decode_rows(const Tensor& key, const Tensor& value, Tensor& keys, Ten
   }
 }
 
-// Decode attention scores [count, kv_heads, group, L] -> probabilities, in place: times `scale`,
-// positions at or past lengths[i] masked out, softmax over L (what labs' _decode_probs does
-// without sliding windows or soft-capping).
-void decode_softmax(Tensor& scores, double scale, const Tensor& lengths) {
-  TORCH_CHECK(scores.scalar_type() == torch::kFloat32 && scores.dim() == 4 && scores.is_contiguous(),
-              "scores must be contiguous float32 [count, kv_heads, group, length]");
-  TORCH_CHECK(lengths.scalar_type() == torch::kInt64 && lengths.is_contiguous() && lengths.numel() == scores.size(0),
-              "lengths must hold one int64 length per sequence");
-  const int64_t count = scores.size(0), per_row = scores.size(1) * scores.size(2), width = scores.size(3);
-  const int64_t* lp = lengths.data_ptr<int64_t>();
-  float* sp = scores.data_ptr<float>();
-  const float factor = static_cast<float>(scale);
-  at::parallel_for(0, count, grain_for(per_row * width), [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; i++) {
-      const int64_t valid = std::min(std::max<int64_t>(lp[i], 0), width);
-      for (int64_t r = 0; r < per_row; r++) {
-        float* row = sp + (i * per_row + r) * width;
-        float top = -INFINITY;
+// Softmax of x[0:n] * factor in place, its sum in a fixed order: lane j adds the elements
+// k = j (mod kLanes) in turn and the lanes are added in order, so the result never depends on
+// where the row lies in memory (a `simd reduction` may split a row by its alignment).
+constexpr int64_t kLanes = 16;
+
+void softmax_in_place(float* x, int64_t n, float factor) {
+  float top = -INFINITY;
 #pragma omp simd reduction(max : top)
-        for (int64_t k = 0; k < valid; k++) top = std::max(top, row[k] * factor);
-        float total = 0.f;
-#pragma omp simd reduction(+ : total)
-        for (int64_t k = 0; k < valid; k++) {
-          const float e = vector_exp(row[k] * factor - top);
-          row[k] = e;
-          total += e;
-        }
-        const float inverse = valid > 0 ? 1.f / total : 0.f;
+  for (int64_t k = 0; k < n; k++) top = std::max(top, x[k] * factor);
+  float lanes[kLanes] = {};
+  int64_t k = 0;
+  for (; k + kLanes <= n; k += kLanes) {
 #pragma omp simd
-        for (int64_t k = 0; k < valid; k++) row[k] *= inverse;
-        for (int64_t k = valid; k < width; k++) row[k] = 0.f;
+    for (int64_t j = 0; j < kLanes; j++) {
+      const float e = vector_exp(x[k + j] * factor - top);
+      x[k + j] = e;
+      lanes[j] += e;
+    }
+  }
+  for (int64_t j = 0; k < n; k++, j++) {
+    const float e = vector_exp(x[k] * factor - top);
+    x[k] = e;
+    lanes[j] += e;
+  }
+  float total = 0.f;
+  for (int64_t j = 0; j < kLanes; j++) total += lanes[j];
+  const float inverse = n > 0 ? 1.f / total : 0.f;
+#pragma omp simd
+  for (int64_t j = 0; j < n; j++) x[j] *= inverse;
+}
+
+// rows[g][0:n] += weights[g] * x[0:n] for each of the `count` rows (rows g * n apart): x is read
+// once for all of them; the group size is a compile-time constant for the common cases, so the
+// inner loop over the rows unrolls and the loop over n vectorizes.
+template <int64_t G>
+void accumulate_fixed(float* rows, const float* weights, const float* x, int64_t n) {
+  float w[G];
+  for (int64_t g = 0; g < G; g++) w[g] = weights[g];
+#pragma omp simd
+  for (int64_t k = 0; k < n; k++) {
+    const float v = x[k];
+    for (int64_t g = 0; g < G; g++) rows[g * n + k] += w[g] * v;
+  }
+}
+
+void accumulate_rows(float* rows, const float* weights, const float* x, int64_t count, int64_t n) {
+  switch (count) {
+    case 1: return accumulate_fixed<1>(rows, weights, x, n);
+    case 2: return accumulate_fixed<2>(rows, weights, x, n);
+    case 3: return accumulate_fixed<3>(rows, weights, x, n);
+    case 4: return accumulate_fixed<4>(rows, weights, x, n);
+    case 5: return accumulate_fixed<5>(rows, weights, x, n);
+    case 6: return accumulate_fixed<6>(rows, weights, x, n);
+    case 7: return accumulate_fixed<7>(rows, weights, x, n);
+    case 8: return accumulate_fixed<8>(rows, weights, x, n);
+    default:
+      for (int64_t g = 0; g < count; g++) {
+        const float w = weights[g];
+        float* row = rows + g * n;
+#pragma omp simd
+        for (int64_t k = 0; k < n; k++) row[k] += w * x[k];
+      }
+  }
+}
+
+// Decode attention over the dense decode buffer, one (sequence, kv head) at a time: queries
+// q [>= count, heads, D] (row i's token), keys [rows, kv_heads, D, capacity] (transposed) and
+// values [rows, kv_heads, capacity, Dv], the first lengths[i] positions of row i; returns
+// [count, heads, Dv]. Every sum runs in an order fixed by the sequence alone (over D for the
+// scores, over positions for the output), so a sequence gets the same bits alone and in any
+// batch: torch.bmm picks its blocking by the batch's shape, and its last-bit differences made
+// greedy int8 answers part between a request alone and the same request batched.
+Tensor decode_attention(const Tensor& q, const Tensor& keys, const Tensor& values, const Tensor& lengths, double scale) {
+  TORCH_CHECK(q.scalar_type() == torch::kFloat32 && q.dim() == 3 && q.stride(2) == 1, "q must be float32 [tokens, heads, head_dim] with contiguous rows");
+  TORCH_CHECK(keys.scalar_type() == torch::kFloat32 && keys.dim() == 4 && keys.is_contiguous() && values.scalar_type() == torch::kFloat32 &&
+              values.dim() == 4 && values.is_contiguous(), "keys and values must be contiguous float32 4-D buffers");
+  const int64_t count = lengths.numel(), heads = q.size(1), dims = q.size(2);
+  const int64_t kv_heads = keys.size(1), capacity = keys.size(3), value_dims = values.size(3);
+  TORCH_CHECK(keys.size(2) == dims && values.size(1) == kv_heads && values.size(2) == capacity && values.size(0) == keys.size(0),
+              "keys must be [rows, kv_heads, head_dim, capacity] and values [rows, kv_heads, capacity, value_dim]");
+  TORCH_CHECK(kv_heads > 0 && heads % kv_heads == 0, "the query heads (", heads, ") must be a multiple of the kv heads (", kv_heads, ")");
+  TORCH_CHECK(lengths.scalar_type() == torch::kInt64 && lengths.is_contiguous(), "lengths must be contiguous int64");
+  TORCH_CHECK(count <= q.size(0) && count <= keys.size(0), "more decoding rows than queries or buffer rows");
+  const int64_t* lp = lengths.data_ptr<int64_t>();
+  for (int64_t i = 0; i < count; i++) TORCH_CHECK(lp[i] >= 1 && lp[i] <= capacity, "length ", lp[i], " does not fit the buffer's ", capacity, " positions");
+  const int64_t group = heads / kv_heads;
+  Tensor out = torch::empty({count, heads, value_dims}, q.options().memory_format(at::MemoryFormat::Contiguous));
+  const float* qp = q.data_ptr<float>();
+  const float* kb = keys.data_ptr<float>();
+  const float* vb = values.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const float factor = static_cast<float>(scale);
+  at::parallel_for(0, count * kv_heads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores, qd(group);  // qd: the group's query values (or weights) at one d (or l)
+    for (int64_t task = begin; task < end; task++) {
+      const int64_t i = task / kv_heads, h = task % kv_heads, length = lp[i];
+      scores.assign(group * length, 0.f);
+      const float* key_rows = kb + (i * kv_heads + h) * dims * capacity;
+      const float* value_rows = vb + (i * kv_heads + h) * capacity * value_dims;
+      const float* qh = qp + i * q.stride(0) + h * group * q.stride(1);
+      // scores: each key row (one dimension, every position) read once, in order of D
+      float* s = scores.data();
+      for (int64_t d = 0; d < dims; d++) {
+        for (int64_t g = 0; g < group; g++) qd[g] = qh[g * q.stride(1) + d];
+        accumulate_rows(s, qd.data(), key_rows + d * capacity, group, length);
+      }
+      for (int64_t g = 0; g < group; g++) softmax_in_place(scores.data() + g * length, length, factor);
+      // output: each value row read once, in order of position
+      float* o = op + (i * heads + h * group) * value_dims;
+      std::fill(o, o + group * value_dims, 0.f);
+      for (int64_t l = 0; l < length; l++) {
+        for (int64_t g = 0; g < group; g++) qd[g] = s[g * length + l];
+        accumulate_rows(o, qd.data(), value_rows + l * value_dims, group, value_dims);
       }
     }
   });
+  return out;
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -381,5 +464,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("silu_mul_quantize", &silu_mul_quantize, "SiLU(gate) * up quantized per row", without_gil);
   m.def("store_pages", &store_pages, "the step's keys and values into the paged cache", without_gil);
   m.def("store_decode_rows", &store_decode_rows, "the decoding rows' keys and values into the decode buffer", without_gil);
-  m.def("decode_softmax", &decode_softmax, "scale, mask past each length and softmax decode scores in place", without_gil);
+  m.def("decode_attention", &decode_attention, "decode attention over the dense decode buffer, batch-invariant", without_gil);
 }
