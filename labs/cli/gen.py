@@ -122,15 +122,20 @@ def chat(
 
 
 def _setup_logging(verbose: bool) -> None:
+    """Quiet transformers and the Hub's progress bars through the variables they read when imported,
+    so that commands which never load a model (a data answer, --show-config) never import them."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not verbose:  # the GGUF reader draws its own tqdm bar under our spinner; tqdm reads this at import
         os.environ.setdefault("TQDM_DISABLE", "1")
-    import transformers
-    from huggingface_hub.utils import disable_progress_bars
+    os.environ["TRANSFORMERS_VERBOSITY"] = "info" if verbose else "error"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if "transformers" in sys.modules:  # already imported (e.g. by a caller in the same process): tell it directly
+        import transformers
+        from huggingface_hub.utils import disable_progress_bars
 
-    transformers.utils.logging.set_verbosity_info() if verbose else transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    disable_progress_bars()
+        transformers.utils.logging.set_verbosity_info() if verbose else transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+        disable_progress_bars()
 
 
 def _guided_from_file(path: Path | None) -> Any:

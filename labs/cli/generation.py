@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from labs.config import Settings
-from labs.models import LoadedModel
 from labs.models.prompting import parse_messages_json
+from labs.serving.checks import check_turn
 from labs.serving.events import Event, Sources, Started, TextDelta
 from labs.serving.guided import GuidedDecoding
-from labs.serving.local import LocalServing
 from labs.serving.sampling import Limits, sampling_for
+from labs.serving.transactions import TransactionsService
 from labs.serving.turn import RequestedSampling, Turn
+
+if TYPE_CHECKING:  # the model machinery (torch, transformers) loads only when the model answers
+    from labs.models import LoadedModel
 
 
 @dataclass
@@ -53,8 +57,17 @@ def generate_for_cli(
     # use_data: the configured default (LABS_RAG_ENABLED, --rag/--no-rag); a schema asks the model for output
     turn = Turn(prompt=prompt, messages=messages, use_data=None if use_data and guided is None else False,
                 use_docs=use_docs, guided=guided, id_prefix="gen")
-    local = LocalServing(settings, progress)
     started = time.perf_counter()
+    check_turn(turn, Limits.for_one_user())
+    answer = TransactionsService(settings).answer_turn(turn)
+    if answer is not None:  # the same rule the core applies, before anything imports torch
+        return CliResult(text=answer.answer, finish_reason="stop", prompt_tokens=0, completion_tokens=0,
+                         time_to_first_token=0.0, seconds=time.perf_counter() - started, source=answer.source,
+                         data=answer.data), None
+    from labs.serving.local import LocalServing
+
+    turn = dataclasses.replace(turn, use_data=False)  # just decided: the core need not route it again
+    local = LocalServing(settings, progress)
     first_token_at: list[float] = []
 
     def on_event(event: Event) -> None:

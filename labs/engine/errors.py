@@ -5,6 +5,12 @@ from __future__ import annotations
 from labs.errors import LabsError
 
 
+class UnsupportedModelError(LabsError):
+    """The model's attention cannot run on the paged cache (the reason says why)."""
+
+    exit_code = 2
+
+
 class EngineRequestError(LabsError):
     """The request cannot be served as asked (too long for the context or the cache)."""
 

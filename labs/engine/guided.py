@@ -15,11 +15,12 @@ import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Literal
-
-import torch
+from typing import TYPE_CHECKING, Any, Literal
 
 from labs.engine.sampling import SamplingParamsError
+
+if TYPE_CHECKING:  # torch is imported where logits are masked: a turn answered from data never needs it
+    import torch
 
 GuidedKind = Literal["json_object", "json_schema", "regex", "choice", "grammar"]
 _JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
@@ -105,6 +106,7 @@ class Guide:
         if not rows:
             return
         import llguidance.torch as llg_torch
+        import torch
 
         tokenizer = self._llg_tokenizer()
         bitmask = llg_torch.allocate_token_bitmask(len(rows), tokenizer.vocab_size)

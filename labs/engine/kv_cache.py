@@ -22,15 +22,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from labs.errors import LabsError
+from labs.engine.errors import UnsupportedModelError
 
 logger = logging.getLogger(__name__)
-
-
-class UnsupportedModelError(LabsError):
-    """The model's attention cannot run on the paged cache (the reason says why)."""
-
-    exit_code = 2
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 
-from labs.engine.kv_cache import UnsupportedModelError, describe
+from labs.engine.errors import UnsupportedModelError
+from labs.engine.kv_cache import describe
 from labs.engine.sampling import SamplingParams
 from labs.engine.scheduler import ScheduledPrefill, SchedulerOutput
 from labs.engine.sequence import Sequence

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from labs.engine.errors import EngineDeadError, EngineOverloadedError, EngineRequestError
-from labs.engine.kv_cache import UnsupportedModelError
+from labs.engine.errors import UnsupportedModelError
 from labs.engine.sampling import SamplingParamsError
 from labs.errors import LabsError
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from labs.config import Settings
 from labs.errors import ConfigError
 from labs.rag.transactions import TransactionAnswer, TransactionsTable, answer_question
+from labs.serving.turn import Turn
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,17 @@ class TransactionsService:
         if table is None:
             return None
         return answer_question(table, question)
+
+    def answer_turn(self, turn: Turn) -> TransactionAnswer | None:
+        """The turn's exact answer from the data, or None when the model (or the documents) should answer:
+        no plain question, a schema or tools asked for, or the documents on and nothing in the data."""
+        question = turn.question
+        if question is None or turn.guided is not None or turn.tools:
+            return None
+        answer = self.answer(question, turn.use_data)
+        if answer is None or (turn.use_docs and answer.kind in ("no_match", "unsupported")):
+            return None  # nothing in the data: the documents may have it
+        return answer
 
     def query(self, question: str) -> TransactionAnswer:
         """Answer a question sent to the transactions endpoint (no routing: the caller chose the data)."""

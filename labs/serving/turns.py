@@ -34,8 +34,8 @@ from labs.serving.events import (
 )
 from labs.serving.models import ModelRegistry, ServedModel
 from labs.serving.prompt import PreparedPrompt, prepare_prompt, prompt_ids
+from labs.serving.checks import check_turn
 from labs.serving.sampling import Limits, answer_budget, sampling_for
-from labs.serving.text import check_text
 from labs.serving.timing import Timing
 from labs.serving.tools import ToolCall, call_grammar, parse_forced_call, parse_tool_calls
 from labs.serving.transactions import TransactionsService
@@ -123,13 +123,7 @@ class Serving:
 
     async def _answer_from_data(self, turn: Turn) -> Any:
         """A question about the user's transactions is answered exactly from the table, without the model."""
-        question = turn.question
-        if question is None or turn.guided is not None or turn.tools:
-            return None
-        answer = await asyncio.to_thread(self.transactions.answer, question, turn.use_data)
-        if answer is None or (turn.use_docs and answer.kind in ("no_match", "unsupported")):
-            return None  # nothing in the data: the documents may have it
-        return answer
+        return await asyncio.to_thread(self.transactions.answer_turn, turn)
 
     async def _with_document_sources(self, turn: Turn, served: ServedModel) -> tuple[Turn, list[dict[str, Any]]]:
         """The turn with its question replaced by the retrieved sources + question (history kept)."""
@@ -243,31 +237,6 @@ def _data_answer_events(answer: Any, model_id: str, prefix: str) -> list[Event]:
     return [Started(new_id(prefix), model_id, int(time.time())),
             Sources(answer.source, kind=answer.kind, data=answer.data),
             TextDelta(0, answer.answer), Finish(0, "stop"), Usage(0, 0, 0)]
-
-
-def check_turn(turn: Turn, limits: Limits) -> None:
-    """The request's size against the server's limits (before any model is loaded)."""
-    if sum(given is not None for given in (turn.prompt, turn.messages, turn.raw)) != 1:
-        raise InvalidTurnError("give either a prompt or messages", param=turn.messages_param)
-    check_text(turn.messages or turn.prompt or turn.raw, turn.messages_param)
-    check_text(turn.system, "system")
-    check_text(turn.tools, "tools")
-    if turn.messages is not None:
-        if not turn.messages:
-            raise InvalidTurnError(f"{turn.messages_param} must not be empty", param=turn.messages_param)
-        if len(turn.messages) > limits.max_messages:
-            raise InvalidTurnError(f"the request has {len(turn.messages)} messages, more than the server's limit of "
-                                   f"{limits.max_messages} (LABS_MAX_MESSAGES)", param=turn.messages_param)
-    raw_chars = len(turn.raw) if isinstance(turn.raw, str) else 0
-    chars = raw_chars + len(turn.prompt or "") + len(turn.system or "") + sum(
-        len(str(m.get("content") or "")) for m in turn.messages or [])
-    check_input_chars(chars, limits, turn.messages_param)
-
-
-def check_input_chars(chars: int, limits: Limits, param: str) -> None:
-    if chars > limits.max_input_chars:
-        raise InvalidTurnError(f"the input has {chars} characters, more than the server's limit of "
-                               f"{limits.max_input_chars} (LABS_MAX_INPUT_CHARS)", param=param, code="input_too_long")
 
 
 @dataclass(frozen=True)

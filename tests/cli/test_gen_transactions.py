@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -31,6 +34,25 @@ def test_largest_expense_from_the_shipped_data_in_the_working_folder(monkeypatch
     report = json.loads(result.stdout)
     assert report["source"] == "transactions" and largest_expense_text() in report["text"]
     assert report["data"]["rows"][0]["amount"] < 0 and report["seconds"] < 1
+
+
+def test_a_data_answer_never_imports_torch_or_transformers(tmp_path: Path) -> None:
+    """In a fresh process, as from the shell: the answer comes from the table, and the model's
+    machinery (several seconds of imports) is never loaded."""
+    script = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from labs.cli.gen import app\n"
+        "result = CliRunner().invoke(app, ['--prompt', 'How much did I spend on fuel in March 2024?'])\n"
+        "print(result.exit_code, repr(result.stdout))\n"
+        "print(sorted(name for name in ('torch', 'transformers', 'sentence_transformers') if name in sys.modules))\n"
+    )
+    env = {**os.environ, "LABS_TRANSACTIONS_CSV": str(SHIPPED)}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr
+    status, imported = done.stdout.strip().splitlines()[-2:]
+    assert status.startswith("0 ") and "$285.80" in status and "Fuel" in status, done.stdout
+    assert imported == "[]", f"imported {imported} for a data answer"
 
 
 def test_no_rag_and_general_questions_go_to_the_model(monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path) -> None:

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from labs.cli.gen import app
 from labs.engine import attention
 from labs.engine.core import EngineConfig, EngineCore
-from labs.engine.kv_cache import UnsupportedModelError
+from labs.engine.errors import UnsupportedModelError
 from labs.engine.sampling import SamplingParams
 from tests.engine.test_engine import Collector, assert_cache_empty, prompts_of_lengths, reference, run_all
 

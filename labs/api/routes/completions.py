@@ -23,7 +23,8 @@ from labs.api.state import ServerState, get_state
 from labs.api.translate import guided_decoding, requested_sampling
 from labs.serving.events import Finish, TextDelta, Usage
 from labs.serving.turn import Turn
-from labs.serving.turns import TurnEvents, TurnResult, check_input_chars, collect
+from labs.serving.checks import check_input_chars
+from labs.serving.turns import TurnEvents, TurnResult, collect
 
 router = APIRouter(dependencies=[Depends(require_api_key)], tags=["OpenAI"])
 

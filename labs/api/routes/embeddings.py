@@ -18,7 +18,7 @@ from labs.api.security import require_api_key
 from labs.api.state import ServerState, get_state
 from labs.serving.sampling import Limits
 from labs.serving.text import check_text
-from labs.serving.turns import check_input_chars
+from labs.serving.checks import check_input_chars
 from labs.embeddings.vectors import cosine_similarity_matrix, to_base64, truncate_dimensions
 
 router = APIRouter(dependencies=[Depends(require_api_key)], tags=["Embeddings"])

@@ -32,7 +32,8 @@ from labs.serving.events import Finish, ReasoningDelta, TextDelta, ToolCalls, Us
 from labs.serving.models import ModelNotAvailableError
 from labs.serving.text import check_text
 from labs.serving.turn import Turn
-from labs.serving.turns import TurnEvents, check_input_chars
+from labs.serving.checks import check_input_chars
+from labs.serving.turns import TurnEvents
 
 logger = logging.getLogger(__name__)
 router = APIRouter(dependencies=[Depends(require_api_key)], tags=["Ollama"])

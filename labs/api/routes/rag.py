@@ -27,7 +27,8 @@ from labs.api.state import ServerState, get_state
 from labs.serving.events import Finish, Sources, TextDelta, Usage
 from labs.serving.text import check_text
 from labs.serving.turn import RequestedSampling, Turn
-from labs.serving.turns import TurnEvents, check_input_chars, collect
+from labs.serving.checks import check_input_chars
+from labs.serving.turns import TurnEvents, collect
 
 router = APIRouter(dependencies=[Depends(require_api_key)], tags=["Retrieval"])
 
