@@ -1,6 +1,6 @@
 """Screenshots of the page for docs/ (desktop and phone width), from a running labs-api.
 
-    uv run labs-api &                       # the embedded default model, the shipped transactions
+    uv run labs-api --preload &             # the embedded default model (loaded first), the shipped transactions
     uv run python scripts/page_screenshots.py --url http://127.0.0.1:8000
 
 It asks a transactions question and a general one, adds a small handbook and asks about it with
