@@ -20,6 +20,8 @@ from typing import Any, Callable
 
 import torch
 
+from labs.engine.cpu_share import machine_busy_seconds
+
 
 @dataclass(frozen=True)
 class Floors:
@@ -120,22 +122,16 @@ class OtherLoad:
     def __init__(self, pids: list[int]) -> None:
         self.pids = pids
         self._started = time.perf_counter()
-        self._busy = _system_busy_ticks()
+        self._busy = machine_busy_seconds()
         self._own = sum(_process_ticks(pid) for pid in pids)
 
     def cores(self) -> float:
         wall = time.perf_counter() - self._started
-        busy = _system_busy_ticks() - self._busy
-        own = sum(_process_ticks(pid) for pid in self.pids) - self._own
-        return max(busy - own, 0) / os.sysconf("SC_CLK_TCK") / wall if wall > 0 else float("nan")
-
-
-def _system_busy_ticks() -> float:
-    for line in _read("/proc/stat").splitlines():
-        if line.startswith("cpu "):
-            user, nice, system, idle, iowait, irq, softirq, steal = map(int, line.split()[1:9])
-            return user + nice + system + irq + softirq + steal
-    return float("nan")
+        now = machine_busy_seconds()
+        if now is None or self._busy is None or wall <= 0:
+            return float("nan")
+        own = (sum(_process_ticks(pid) for pid in self.pids) - self._own) / os.sysconf("SC_CLK_TCK")
+        return max(now - self._busy - own, 0) / wall
 
 
 def _process_ticks(pid: int) -> float:

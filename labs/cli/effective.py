@@ -36,7 +36,7 @@ def effective_config(settings: Settings) -> dict[str, Any]:
         placement = placement_from_settings(settings)
         resolved["device"] = placement.device
         resolved["dtype"] = f"{dtype_name(placement.dtype)} ({placement.reason})"
-        resolved["linear layers"] = "int8 (cpu_int8)" if placement.int8_linear else f"{dtype_name(placement.dtype)}"
+        resolved["linear layers"] = "int8 (cpu_int8)" if placement.int8_linear else dtype_name(placement.dtype)
     except LabsError as error:
         resolved["device"] = f"unavailable: {error}"
     return {

@@ -66,8 +66,8 @@ def machine_busy_seconds(stat: Path = Path("/proc/stat")) -> float | None:
         return None
     if not fields or fields[0] != "cpu":
         return None
-    ticks = [int(value) for value in fields[1:9]] + [0] * (8 - len(fields[1:9]))
-    user, nice, system, _idle, _iowait, irq, softirq, steal = ticks[:8]
+    ticks = [int(value) for value in fields[1:9]] + [0] * (9 - len(fields))  # old kernels have no steal column
+    user, nice, system, _idle, _iowait, irq, softirq, steal = ticks
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 

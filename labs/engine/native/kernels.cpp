@@ -438,7 +438,7 @@ Tensor decode_attention(const Tensor& q, const Tensor& keys, const Tensor& value
         for (int64_t g = 0; g < group; g++) qd[g] = qh[g * q.stride(1) + d];
         accumulate_rows(s, qd.data(), key_rows + d * capacity, group, length);
       }
-      for (int64_t g = 0; g < group; g++) softmax_in_place(scores.data() + g * length, length, factor);
+      for (int64_t g = 0; g < group; g++) softmax_in_place(s + g * length, length, factor);
       // output: each value row read once, in order of position
       float* o = op + (i * heads + h * group) * value_dims;
       std::fill(o, o + group * value_dims, 0.f);
