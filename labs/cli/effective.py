@@ -44,6 +44,10 @@ def effective_config(settings: Settings) -> dict[str, Any]:
         "settings": rows,
         "model_aliases": {
             alias: {"target": target, "source": settings.alias_sources[alias]} for alias, target in settings.model_aliases.items()
+        } | {
+            alias: {"target": f"LoRA adapter {entry.adapter} on {entry.base or settings.generation.model_name}",
+                    "source": settings.alias_sources[alias]}
+            for alias, entry in settings.adapter_aliases.items()
         },
         "resolved": resolved,
     }

@@ -34,6 +34,14 @@ class CliValue:
     flag: str
 
 
+@dataclass(frozen=True)
+class AdapterAlias:
+    """A `[models]` entry naming a LoRA adapter folder on a base model (None: the default model)."""
+
+    adapter: Path
+    base: str | None = None
+
+
 @dataclass
 class Settings:
     """Effective configuration: values by dotted key, where each came from, and model aliases."""
@@ -43,6 +51,7 @@ class Settings:
     model_aliases: dict[str, str] = field(default_factory=dict)
     alias_sources: dict[str, str] = field(default_factory=dict)
     config_file: Path | None = None
+    adapter_aliases: dict[str, AdapterAlias] = field(default_factory=dict)
 
     def __getattr__(self, table: str) -> SimpleNamespace:
         """`settings.generation.temperature` reads `values["generation.temperature"]`."""
@@ -58,7 +67,8 @@ class Settings:
             key = KEYS_BY_DOTTED[dotted]
             values[dotted] = _parse(key, given.value, f"flag {given.flag}")
             sources[dotted] = f"flag {given.flag}"
-        result = Settings(values, sources, dict(self.model_aliases), dict(self.alias_sources), self.config_file)
+        result = Settings(values, sources, dict(self.model_aliases), dict(self.alias_sources), self.config_file,
+                          dict(self.adapter_aliases))
         _check_combinations(result)
         return result
 
@@ -96,6 +106,7 @@ def load_settings(
 
     aliases: dict[str, str] = {}
     alias_sources: dict[str, str] = {}
+    adapters: dict[str, AdapterAlias] = {}
     if config_file is not None:
         document = _read_toml(config_file)
         origin = f"file {config_file}"
@@ -104,7 +115,10 @@ def load_settings(
             values[dotted] = _parse(key, raw, origin)
             sources[dotted] = origin
         for alias, target in document.get("models", {}).items():
-            aliases[alias] = _alias_target(alias, target, config_file)
+            if isinstance(target, dict):
+                adapters[alias] = _adapter_alias(alias, target, config_file)
+            else:
+                aliases[alias] = _alias_target(alias, target, config_file)
             alias_sources[alias] = origin
 
     for key in KEYS:
@@ -112,7 +126,7 @@ def load_settings(
             apply_env_and_cli(key)
 
     _warn_unknown_env(env, env_sources)
-    settings = Settings(values, sources, aliases, alias_sources, config_file)
+    settings = Settings(values, sources, aliases, alias_sources, config_file, adapters)
     _check_combinations(settings)
     return settings
 
@@ -211,6 +225,20 @@ def _alias_target(alias: str, target: Any, path: Path) -> str:
             "a .gguf file or a cached Hub id"
         )
     return target.strip()
+
+
+def _adapter_alias(alias: str, table: dict[str, Any], path: Path) -> AdapterAlias:
+    example = f'[models] {alias} = {{ base = "smollm2-135m-instruct", adapter = "/adapters/{alias}" }}'
+    unknown = sorted(set(table) - {"base", "adapter"})
+    if unknown:
+        raise ConfigError(f"[models] {alias} in {path}: unknown key {unknown[0]!r}{_did_you_mean(unknown[0], ('base', 'adapter'))}; "
+                          f"an adapter entry has 'adapter' (its folder) and optionally 'base', e.g. {example}")
+    adapter, base = table.get("adapter"), table.get("base")
+    if not isinstance(adapter, str) or not adapter.strip():
+        raise ConfigError(f"[models] {alias} in {path}: 'adapter' must name a PEFT LoRA adapter folder, e.g. {example}")
+    if base is not None and (not isinstance(base, str) or not base.strip()):
+        raise ConfigError(f"[models] {alias} in {path}: 'base' must name a model (an alias, folder or .gguf), e.g. {example}")
+    return AdapterAlias(Path(adapter.strip()).expanduser(), base.strip() if base else None)
 
 
 def _did_you_mean(word: str, candidates: Any) -> str:

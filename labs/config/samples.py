@@ -25,6 +25,9 @@ TOML_MODELS = """\
 # "smollm2-135m-instruct". --model and LABS_MODEL accept any alias.
 # my-qwen = "/models/Qwen2.5-0.5B-Instruct"
 # tiny-gguf = "/models/gguf:tinyllama.Q4_K_M.gguf"
+# A LoRA adapter (a PEFT folder) served on a base model, as its own model id; requests for
+# adapters of one base share its engine and its batches. base defaults to the default model.
+# support-tone = { base = "smollm2-135m-instruct", adapter = "/adapters/support-tone" }
 """
 
 ENV_HEADER = """\

@@ -318,6 +318,10 @@ KEYS: tuple[Key, ...] = (
     _key("server", "cors_origins", _text_list, (),
          "Browser origins allowed to call the API (comma-separated, * for any). Empty: none.",
          env="LABS_CORS_ORIGINS"),
+    _key("server", "allow_runtime_lora", _boolean, False,
+         "Let clients load and unload LoRA adapters at run time (POST /v1/load_lora_adapter and "
+         "/v1/unload_lora_adapter, naming a folder on the server). Off: only [models] adapters are served.",
+         env="LABS_ALLOW_RUNTIME_LORA"),
     _key("server", "max_loaded_models", integer_at_least(1), 2,
          "Models kept in memory at once; the least recently used is unloaded to make room."),
     _key("server", "model_idle_ttl", integer_at_least(0), 900,
@@ -377,6 +381,13 @@ KEYS: tuple[Key, ...] = (
          "one fewer for each core other processes keep busy, re-checked between steps, because a "
          "thread team that shares a core with another busy process stalls at every operation; "
          "a number fixes the count.", env="LABS_CPU_THREADS"),
+    _key("engine", "max_loras", integer_at_least(1), 4,
+         "LoRA adapters kept in memory at once per base model (the least recently used leaves when "
+         "another is needed). Memory for this many adapters of max_lora_rank is taken from the KV cache "
+         "budget, only for models that have adapters.", env="LABS_MAX_LORAS"),
+    _key("engine", "max_lora_rank", integer_at_least(1), 16,
+         "The largest LoRA rank accepted; adapters of a higher rank are refused when loaded.",
+         env="LABS_MAX_LORA_RANK"),
     # [embeddings]
     _key("embeddings", "model", _nonempty_text, "all-minilm-l6-v2",
          "Embedding model: alias, local sentence-transformers folder, or cached Hub id.",

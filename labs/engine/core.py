@@ -16,12 +16,15 @@ from typing import Any
 
 import torch
 
+from labs.engine.adapters import AdapterSet
 from labs.engine.attention import ATTENTION_NAME, register_paged_attention
 from labs.engine.detokenizer import IncrementalDetokenizer
 from labs.engine.guided import Guide
 from labs.engine.errors import EngineRequestError
 from labs.engine.kv_blocks import BlockAllocator
+from labs.engine.fused_llama import lora_slots, supports
 from labs.engine.kv_cache import KVCache, budget_bytes, cache_shape_for, num_blocks_for_budget
+from labs.engine.lora import LoraSlot, module_slots, slot_bytes
 from labs.engine.runner import ModelRunner
 from labs.engine.sampler import RowState, Sampler, make_generator
 from labs.engine.sampling import SamplingParams
@@ -45,6 +48,8 @@ class EngineConfig:
     native_kernels: str = "auto"  # fused C++ kernels for the int8 CPU forward: auto, on, off (labs.engine.native)
     native_cache_dir: Path | None = None  # where they are built; None: the default cache folder
     cpu_threads: str | int = "auto"  # torch threads on CPU: auto (fit to the free cores, labs.engine.cpu_share) or a count
+    max_loras: int = 0  # LoRA adapters resident at once (labs.engine.adapters); 0: none served
+    max_lora_rank: int = 64  # the largest adapter rank accepted; memory for max_loras of it is reserved
 
 
 @dataclass
@@ -77,6 +82,15 @@ class EngineCore:
         budget = budget_bytes(self.config.kv_cache_memory, device)
         if not 0.0 <= self.config.decode_buffer < 1.0:
             raise EngineRequestError(f"decode_buffer must be a share of the KV cache memory in [0, 1), got {self.config.decode_buffer}")
+        slots = lora_slots_for(model, self.config)
+        dtype = model.get_input_embeddings().weight.dtype
+        lora_bytes = lora_reserve_bytes(model, self.config)
+        if lora_bytes and lora_bytes >= budget:
+            raise EngineRequestError(
+                f"{self.config.max_loras} adapters of rank {self.config.max_lora_rank} need {lora_bytes / 1024**2:.0f} MiB, "
+                f"more than the KV cache budget ({budget / 1024**2:.0f} MiB): lower LABS_MAX_LORAS or LABS_MAX_LORA_RANK"
+            )
+        budget -= lora_bytes  # resident adapters are paid for from the same budget
         buffer_bytes = int(budget * self.config.decode_buffer)
         budget -= buffer_bytes  # the pages and the dense decode buffer share the one budget
         num_blocks = num_blocks_for_budget(shape, self.config.block_size, budget)
@@ -90,7 +104,11 @@ class EngineCore:
         self.runner = ModelRunner(model, self.cache, self.allocator, self.config.fused_forward, buffer_bytes, self.config.max_num_seqs,
                                   self.config.native_kernels, self.config.native_cache_dir)
         verify_engine_matches_model(self)  # refuses a model the engine would run wrong
-        self.scheduler = Scheduler(self.allocator, self.config.max_num_seqs, self.config.max_batched_tokens)
+        self.adapters = AdapterSet(model, slots, self.config.max_loras, self.config.max_lora_rank, dtype, device)
+        if slots:
+            self.runner.serve_adapters(self.adapters)
+        self.scheduler = Scheduler(self.allocator, self.config.max_num_seqs, self.config.max_batched_tokens,
+                                   cache_namespace=self._cache_namespace, ready=lambda seq: self.adapters.is_resident(seq.adapter))
         self.sampler = Sampler()
         self.eos_ids = eos_token_ids(model, tokenizer)
         self.vocab_size = model.get_output_embeddings().out_features
@@ -99,6 +117,9 @@ class EngineCore:
         self._requests: dict[str, list[Sequence]] = {}
         self._forks: dict[int, list[Sequence]] = {}  # parent seq_id -> samples waiting to share its prefill
         self._orphaned: set[str] = set()  # requests whose consumer can no longer receive outputs
+
+    def _cache_namespace(self, seq: Sequence) -> str | None:
+        return None if seq.adapter is None else self.adapters.get(seq.adapter).cache_key
 
     @property
     def cache_capacity_tokens(self) -> int:
@@ -137,9 +158,26 @@ class EngineCore:
                 )
         return max_tokens
 
-    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, sink: OutputSink) -> None:
+    def check_adapter(self, adapter: str | None) -> None:
+        if adapter is not None and adapter not in self.adapters.known:
+            raise EngineRequestError(f"no adapter named {adapter!r} is loaded; loaded: {', '.join(self.adapters.known) or 'none'}")
+
+    def add_adapter(self, name: str, path: Path) -> None:
+        """Register a LoRA adapter folder (checked against the model now: AdapterError if it does not fit)."""
+        self.adapters.add(name, path, self._adapters_in_use())
+
+    def remove_adapter(self, name: str) -> None:
+        self.adapters.remove(name, self._adapters_in_use(waiting=True))
+
+    def _adapters_in_use(self, waiting: bool = False) -> set[str]:
+        seqs = [seq for samples in self._requests.values() for seq in samples] if waiting else self.scheduler.running
+        return {seq.adapter for seq in seqs if seq.adapter is not None and seq.status is not Status.FINISHED}
+
+    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, sink: OutputSink,
+                    adapter: str | None = None) -> None:
         if request_id in self._requests:
             raise EngineRequestError(f"request id {request_id!r} is already in use")
+        self.check_adapter(adapter)
         max_tokens = self.validate(prompt_token_ids, params)
         samples = []
         for index in range(params.n):
@@ -154,6 +192,7 @@ class EngineCore:
                 sink=sink,
                 generator=make_generator(seed) if seed is not None else None,
                 matcher=self.guide.matcher(params.guided) if params.guided is not None else None,
+                adapter=adapter,
             ))
         self._requests[request_id] = samples
         self.scheduler.add(samples[0])
@@ -185,6 +224,8 @@ class EngineCore:
             self.abort(request_id)
         if not self.scheduler.running:
             self.runner.between_requests()
+        if self.adapters.known and self.scheduler.waiting:
+            self._load_waiting_adapters()
         scheduled = self.scheduler.schedule()
         self.stats.preemptions_total += len(scheduled.preempted)
         if scheduled.empty:
@@ -203,6 +244,19 @@ class EngineCore:
                     self._fail_request(seq.request_id, message)
         if not self.scheduler.running:
             self.runner.between_requests()
+
+    def _load_waiting_adapters(self) -> None:
+        """Bring the adapters of the requests next in the queue into memory (least recently used leave)."""
+        room = self.config.max_num_seqs - len(self.scheduler.running)
+        names = list(dict.fromkeys(seq.adapter for seq in list(self.scheduler.waiting)[:max(room, 1)] if seq.adapter is not None))
+
+        def fail(name: str, message: str) -> None:
+            for seq in list(self.scheduler.waiting):
+                if seq.adapter == name:
+                    self._fail_request(seq.request_id, message)
+
+        if names:
+            self.adapters.make_resident(names, self._adapters_in_use(), fail)
 
     def _advance_computed(self, scheduled: SchedulerOutput) -> None:
         for seq in scheduled.decodes:
@@ -353,6 +407,21 @@ class EngineCore:
         stats.kv_cache_usage = self.allocator.usage
         stats.kv_cache_blocks_used = self.allocator.num_used_blocks
         return stats
+
+
+def lora_slots_for(model: Any, config: EngineConfig) -> list[LoraSlot]:
+    """Where adapters apply, laid out for the forward the runner will use; none when off."""
+    if config.max_loras < 1:
+        return []
+    if config.fused_forward and supports(model) is None:
+        return lora_slots(model)
+    return module_slots(model)
+
+
+def lora_reserve_bytes(model: Any, config: EngineConfig) -> int:
+    """The memory `config` sets aside (from the KV budget) for its resident adapters."""
+    dtype = model.get_input_embeddings().weight.dtype
+    return config.max_loras * slot_bytes(lora_slots_for(model, config), config.max_lora_rank, dtype)
 
 
 def eos_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:

@@ -25,4 +25,6 @@ def engine_config_from_settings(settings: SimpleNamespace, page_bytes: int | Non
         native_kernels=engine.native_kernels,
         native_cache_dir=settings.paths.cache_dir,
         cpu_threads=engine.cpu_threads,
+        max_loras=engine.max_loras,
+        max_lora_rank=engine.max_lora_rank,
     )

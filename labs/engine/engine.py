@@ -15,7 +15,9 @@ import logging
 import queue
 import threading
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from labs.engine.core import EngineConfig, EngineCore, EngineStats
@@ -69,19 +71,22 @@ class Engine:
 
     # ------------------------------------------------------------------ public API
 
-    def add_request(self, prompt_token_ids: list[int], params: SamplingParams, request_id: str | None = None) -> "RequestStream":
-        """Queue a request; iterate the result (in a running event loop) to receive its outputs."""
+    def add_request(self, prompt_token_ids: list[int], params: SamplingParams, request_id: str | None = None,
+                    adapter: str | None = None) -> "RequestStream":
+        """Queue a request (with a loaded LoRA adapter, or the base model); iterate the result (in a
+        running event loop) to receive its outputs."""
         loop = asyncio.get_running_loop()
         outputs: asyncio.Queue[RequestOutput] = asyncio.Queue()
         request_id = self._submit(list(prompt_token_ids), params, request_id,
-                                  lambda out: loop.call_soon_threadsafe(outputs.put_nowait, out))
+                                  lambda out: loop.call_soon_threadsafe(outputs.put_nowait, out), adapter)
         return RequestStream(self, request_id, params.n, outputs)
 
     def generate(self, prompt_token_ids: list[int], params: SamplingParams,
-                 on_output: Callable[[RequestOutput], None] | None = None, request_id: str | None = None) -> GenerateResult:
+                 on_output: Callable[[RequestOutput], None] | None = None, request_id: str | None = None,
+                 adapter: str | None = None) -> GenerateResult:
         """Blocking convenience: run one request to the end (on_output sees every output as it comes)."""
         outputs: queue.SimpleQueue[RequestOutput] = queue.SimpleQueue()
-        request_id = self._submit(list(prompt_token_ids), params, request_id, outputs.put)
+        request_id = self._submit(list(prompt_token_ids), params, request_id, outputs.put, adapter)
         samples = [SampleResult(index=i) for i in range(params.n)]
         prompt_tokens = cached = 0
         remaining = params.n
@@ -115,6 +120,19 @@ class Engine:
     def abort(self, request_id: str) -> None:
         """Stop a request; its cache is freed in the engine's next step."""
         self._command(lambda: self.core.abort(request_id))
+
+    def load_adapter(self, name: str, path: Path) -> Future:
+        """Register a LoRA adapter folder between steps, checked against the model (the future
+        raises AdapterError when it does not fit)."""
+        return self._between_steps(lambda: self.core.add_adapter(name, path))
+
+    def unload_adapter(self, name: str) -> Future:
+        """Forget an adapter between steps (the future raises EngineRequestError while requests use it)."""
+        return self._between_steps(lambda: self.core.remove_adapter(name))
+
+    def adapters(self) -> dict[str, Path]:
+        """The adapters this engine serves, by name."""
+        return dict(self.core.adapters.known)
 
     def stats(self, timeout: float = 30.0) -> EngineStats:
         """A snapshot taken between steps; EngineDeadError if the torch thread does not answer in time."""
@@ -162,9 +180,25 @@ class Engine:
 
     # ------------------------------------------------------------------ internals
 
-    def _submit(self, prompt: list[int], params: SamplingParams, request_id: str | None, sink: Callable[[RequestOutput], None]) -> str:
+    def _between_steps(self, function: Callable[[], Any]) -> Future:
+        """Run `function` on the torch thread between two steps; its result or error in the future."""
+        self._check_alive()
+        future: Future = Future()
+
+        def run() -> None:
+            try:
+                future.set_result(function())
+            except BaseException as error:  # noqa: BLE001 - handed to the caller
+                future.set_exception(error)
+
+        self._command(run)
+        return future
+
+    def _submit(self, prompt: list[int], params: SamplingParams, request_id: str | None, sink: Callable[[RequestOutput], None],
+                adapter: str | None = None) -> str:
         self._check_alive()
         request_id = request_id or f"req-{next(_request_ids)}"
+        self.core.check_adapter(adapter)
         self.core.validate(prompt, params)  # read-only checks: safe from the caller's thread
         with self._lock:
             queued = self.core.num_waiting + self._pending_adds
@@ -179,7 +213,7 @@ class Engine:
             with self._lock:
                 self._pending_adds -= 1
             try:
-                self.core.add_request(request_id, prompt, params, sink)
+                self.core.add_request(request_id, prompt, params, sink, adapter)
             except Exception as error:  # noqa: BLE001 - reported to the caller, not raised on the engine thread
                 for index in range(params.n):
                     sink(RequestOutput(request_id, index, [], "", finish_reason="error", error=str(error)))

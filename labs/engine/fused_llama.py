@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from labs.engine.attention import PagedBatch, paged_attention
+from labs.engine.lora import LoraBatch, LoraSlot
 from labs.models.int8 import Int8Linear, int8_matmul
 
 logger = logging.getLogger(__name__)
@@ -116,6 +117,10 @@ def supports(model: Any) -> str | None:
             return "unexpected MLP layout"
         if hasattr(attention, "q_norm") or hasattr(attention, "k_norm"):
             return "query/key norms"
+        projections = [getattr(attention, name) for name in ("q_proj", "k_proj", "v_proj", "o_proj")]
+        projections += [getattr(mlp, name) for name in ("gate_proj", "up_proj", "down_proj")]
+        if not all(isinstance(p, Int8Linear) or p.weight.dtype.is_floating_point for p in projections):
+            return "bitsandbytes-quantized layers (they run in their own modules)"
     return None
 
 
@@ -126,8 +131,21 @@ def window_covers_context(config: Any) -> bool:
     return isinstance(window, int) and isinstance(context, int) and window >= context
 
 
+def lora_slots(model: Any) -> list[LoraSlot]:
+    """Where the fused forward applies LoRA updates: its four matmuls per layer, by (layer, group)."""
+    groups = (("qkv", "self_attn", ("q_proj", "k_proj", "v_proj")), ("o", "self_attn", ("o_proj",)),
+              ("gate_up", "mlp", ("gate_proj", "up_proj")), ("down", "mlp", ("down_proj",)))
+    slots = []
+    for index, layer in enumerate(model.model.layers):
+        for group, parent, names in groups:
+            modules = [getattr(getattr(layer, parent), name) for name in names]
+            slots.append(LoraSlot((index, group), tuple(f"model.layers.{index}.{parent}.{name}" for name in names),
+                                  tuple(m.out_features for m in modules), modules[0].in_features))
+    return slots
+
+
 class FusedLlamaForward:
-    """`forward(input_ids [T], position_ids [T], batch, keep) -> logits [len(keep), vocab]` in fp32."""
+    """`forward(input_ids [T], position_ids [T], batch, keep, lora) -> logits [len(keep), vocab]` in fp32."""
 
     def __init__(self, model: Any) -> None:
         reason = supports(model)
@@ -169,7 +187,8 @@ class FusedLlamaForward:
         return (wide * torch.rsqrt(variance)).to(x.dtype).mul_(weight)
 
     @torch.inference_mode()
-    def __call__(self, input_ids: torch.Tensor, position_ids: torch.Tensor, batch: PagedBatch, keep: torch.Tensor) -> torch.Tensor:
+    def __call__(self, input_ids: torch.Tensor, position_ids: torch.Tensor, batch: PagedBatch, keep: torch.Tensor,
+                 lora: LoraBatch | None = None) -> torch.Tensor:
         hidden = self.embed(input_ids)  # [T, hidden]
         cos, sin = self.rotary(hidden, position_ids[None, :])
         half = self.head_dim // 2
@@ -177,32 +196,47 @@ class FusedLlamaForward:
         # rotate_half(x) * sin == roll(x, half) * sin with the first half's sign flipped
         sin_signed = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
         if self.kernels is not None and self.kernels_apply:
-            return self._layers_with_kernels(self.kernels, hidden, cos, sin_signed, batch, keep)
-        return self._layers(hidden, cos[:, None, :], sin_signed[:, None, :], batch, keep)
+            return self._layers_with_kernels(self.kernels, hidden, cos, sin_signed, batch, keep, lora)
+        return self._layers(hidden, cos[:, None, :], sin_signed[:, None, :], batch, keep, lora)
 
-    def _layers(self, hidden: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor, batch: PagedBatch, keep: torch.Tensor) -> torch.Tensor:
+    def _layers(self, hidden: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor, batch: PagedBatch, keep: torch.Tensor,
+                lora: LoraBatch | None) -> torch.Tensor:
         """The decoder layers and the head in PyTorch operations (any dtype and device)."""
         tokens, half = hidden.shape[0], self.head_dim // 2
         q_width, kv_width = self.heads * self.head_dim, self.kv_heads * self.head_dim
+
+        def linear(fused: FusedLinear, x: torch.Tensor, index: int, group: str) -> torch.Tensor:
+            out = fused(x)
+            return out if lora is None else lora.add_to(out, x, (index, group))
+
         for layer in self.layers:
-            qkv = layer.qkv(self._norm(hidden, layer.input_norm))
+            qkv = linear(layer.qkv, self._norm(hidden, layer.input_norm), layer.index, "qkv")
             qk = qkv[:, :q_width + kv_width].view(tokens, self.heads + self.kv_heads, self.head_dim)
             qk = torch.addcmul(qk * cos, torch.roll(qk, half, dims=-1), sin_signed)
             value = qkv[:, q_width + kv_width:].view(tokens, self.kv_heads, self.head_dim)
             attended = paged_attention(layer.index, qk[:, :self.heads], qk[:, self.heads:], value, batch, layer.scale)
-            hidden = hidden + layer.o(attended.reshape(tokens, q_width))
-            gate_up = layer.gate_up(self._norm(hidden, layer.post_norm))
+            hidden = hidden + linear(layer.o, attended.reshape(tokens, q_width), layer.index, "o")
+            gate_up = linear(layer.gate_up, self._norm(hidden, layer.post_norm), layer.index, "gate_up")
             gate, up = gate_up.split(layer.gate_up.sizes, dim=-1)
-            hidden = hidden + layer.down(F.silu(gate).mul_(up))
+            hidden = hidden + linear(layer.down, F.silu(gate).mul_(up), layer.index, "down")
         kept = self._norm(hidden.index_select(0, keep), self.final_norm)
         return self.head(kept).float()
 
     def _layers_with_kernels(self, kernels: ModuleType, hidden: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor,
-                             batch: PagedBatch, keep: torch.Tensor) -> torch.Tensor:
+                             batch: PagedBatch, keep: torch.Tensor, lora: LoraBatch | None) -> torch.Tensor:
         """The same layers with int8 weights and fp32 activations on CPU, each group of
         elementwise operations done by one native kernel: a layer is 4 int8 matmuls, 6 kernel
-        calls and the attention (whose cache writes and decode softmax use them too)."""
+        calls and the attention (whose cache writes and decode softmax use them too).
+
+        LoRA updates enter the kernels as a per-row addend (where the bias goes), computed from
+        the int8 activations the base matmul multiplied, dequantized."""
         tokens = hidden.shape[0]
+
+        def addend(x: torch.Tensor, x_scale: torch.Tensor, index: int, group: str, fused: FusedLinear) -> torch.Tensor | None:
+            if lora is None or not lora.touches((index, group)):
+                return fused.bias
+            return lora.dense(x.float().mul_(x_scale), (index, group), fused.weight.shape[0], fused.bias)
+
         hidden = hidden.contiguous()
         cos, sin_signed = cos.contiguous(), sin_signed.contiguous()
         batch.native = kernels
@@ -210,21 +244,22 @@ class FusedLlamaForward:
         rotary_heads = self.heads + self.kv_heads
         x, x_scale = kernels.rms_norm_quantize(hidden, self.layers[0].input_norm, self.eps)
         for index, layer in enumerate(self.layers):
-            qkv = kernels.dequantize_rotary(torch._int_mm(x, layer.qkv.weight.t()), x_scale, layer.qkv.weight_scale, layer.qkv.bias,
-                                            cos, sin_signed, rotary_heads, self.head_dim)
+            qkv = kernels.dequantize_rotary(torch._int_mm(x, layer.qkv.weight.t()), x_scale, layer.qkv.weight_scale,
+                                            addend(x, x_scale, index, "qkv", layer.qkv), cos, sin_signed, rotary_heads, self.head_dim)
             query = qkv[:, :q_width].view(tokens, self.heads, self.head_dim)
             key = qkv[:, q_width:q_width + kv_width].view(tokens, self.kv_heads, self.head_dim)
             value = qkv[:, q_width + kv_width:].view(tokens, self.kv_heads, self.head_dim)
             attended = paged_attention(layer.index, query, key, value, batch, layer.scale)
             x, x_scale = kernels.quantize(attended.reshape(tokens, q_width).contiguous())
-            x, x_scale = kernels.residual_rms_norm_quantize(torch._int_mm(x, layer.o.weight.t()), x_scale, layer.o.weight_scale, layer.o.bias,
-                                                            hidden, layer.post_norm, self.eps)
-            x, x_scale = kernels.silu_mul_quantize(torch._int_mm(x, layer.gate_up.weight.t()), x_scale, layer.gate_up.weight_scale)
-            down = torch._int_mm(x, layer.down.weight.t())
+            x, x_scale = kernels.residual_rms_norm_quantize(torch._int_mm(x, layer.o.weight.t()), x_scale, layer.o.weight_scale,
+                                                            addend(x, x_scale, index, "o", layer.o), hidden, layer.post_norm, self.eps)
+            x, x_scale = kernels.silu_mul_quantize(torch._int_mm(x, layer.gate_up.weight.t()), x_scale, layer.gate_up.weight_scale,
+                                                   addend(x, x_scale, index, "gate_up", layer.gate_up))
+            down, down_addend = torch._int_mm(x, layer.down.weight.t()), addend(x, x_scale, index, "down", layer.down)
             if index + 1 < len(self.layers):
-                x, x_scale = kernels.residual_rms_norm_quantize(down, x_scale, layer.down.weight_scale, None, hidden,
+                x, x_scale = kernels.residual_rms_norm_quantize(down, x_scale, layer.down.weight_scale, down_addend, hidden,
                                                                 self.layers[index + 1].input_norm, self.eps)
             else:
-                kernels.residual_add(down, x_scale, layer.down.weight_scale, None, hidden)
+                kernels.residual_add(down, x_scale, layer.down.weight_scale, down_addend, hidden)
         x, x_scale = kernels.rms_norm_quantize(hidden.index_select(0, keep), self.final_norm, self.eps)
         return kernels.dequantize(torch._int_mm(x, self.head.weight.t()), x_scale, self.head.weight_scale, self.head.bias)

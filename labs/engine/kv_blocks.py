@@ -25,11 +25,20 @@ import logging
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
 # Parent key of a sequence's first block: (block id, generation) of "no block".
-_ROOT: tuple[int, int] = (-1, 0)
+_ROOT: tuple[int, Any] = (-1, 0)
+
+
+def _root(namespace: str | None) -> tuple[tuple[int, Any], int | None]:
+    """Parent key and hash of a sequence's first block. Prompts in different namespaces (say, one
+    per LoRA adapter, whose keys and values differ for the same tokens) never share blocks."""
+    if namespace is None:
+        return _ROOT, None
+    return (-1, namespace), hash(("namespace", namespace))
 
 
 def hash_block_tokens(parent_hash: int | None, token_ids: tuple[int, ...]) -> int:
@@ -68,7 +77,7 @@ class _Block:
     generation: int = 0  # bumped each time the block is taken for new content
     hash: int | None = None  # set while this block is the cache entry for that hash
     token_ids: tuple[int, ...] = ()  # content, kept while published
-    parent: tuple[int, int] = _ROOT  # (block id, generation) of the block before it
+    parent: tuple[int, Any] = _ROOT  # (block id, generation) of the block before it
 
 
 @dataclass(slots=True)
@@ -78,6 +87,7 @@ class _SeqState:
     num_hashed: int  # leading full blocks already published (or hit)
     last_hash: int | None  # hash of block ``num_hashed - 1``
     tail: list[int]  # tokens after the hashed blocks (empty when caching is off)
+    root: tuple[int, Any] = _ROOT  # parent key of the first block (its namespace)
 
 
 class BlockAllocator:
@@ -147,18 +157,19 @@ class BlockAllocator:
 
     # ----------------------------------------------------------------- prompts
 
-    def blocks_needed(self, token_ids: Sequence[int]) -> int:
+    def blocks_needed(self, token_ids: Sequence[int], namespace: str | None = None) -> int:
         """Free blocks that ``allocate(token_ids)`` would consume, prefix hits accounted."""
-        matched, _ = self._match_prefix(token_ids)
+        matched, _ = self._match_prefix(token_ids, namespace)
         in_use = sum(1 for bid in matched if self._blocks[bid].ref_count > 0)
         return self._blocks_for(len(token_ids)) - in_use
 
-    def can_allocate(self, token_ids: Sequence[int]) -> bool:
+    def can_allocate(self, token_ids: Sequence[int], namespace: str | None = None) -> bool:
         """True if the whole prompt fits now."""
-        return self.blocks_needed(token_ids) <= self.num_free_blocks
+        return self.blocks_needed(token_ids, namespace) <= self.num_free_blocks
 
-    def allocate(self, seq_id: object, token_ids: Sequence[int]) -> PrefixHit:
-        """Gives a new sequence blocks for its whole prompt, reusing cached prefix blocks.
+    def allocate(self, seq_id: object, token_ids: Sequence[int], namespace: str | None = None) -> PrefixHit:
+        """Gives a new sequence blocks for its whole prompt, reusing cached prefix blocks of the
+        same namespace.
 
         The hit never covers the last prompt token: the engine needs its logits.
         """
@@ -166,7 +177,7 @@ class BlockAllocator:
             raise ValueError(f"sequence {seq_id!r} already has blocks")
         if not token_ids:
             raise ValueError("cannot allocate blocks for an empty prompt")
-        matched, last_hash = self._match_prefix(token_ids)
+        matched, last_hash = self._match_prefix(token_ids, namespace)
         total = self._blocks_for(len(token_ids))
         needed = total - sum(1 for bid in matched if self._blocks[bid].ref_count > 0)
         if needed > self.num_free_blocks:
@@ -179,7 +190,7 @@ class BlockAllocator:
         table = matched + [self._take_free_block() for _ in range(total - len(matched))]
         num_hit_tokens = len(matched) * self.block_size
         tail = list(token_ids[num_hit_tokens:]) if self.enable_prefix_caching else []
-        self._seqs[seq_id] = _SeqState(table, len(token_ids), len(matched), last_hash, tail)
+        self._seqs[seq_id] = _SeqState(table, len(token_ids), len(matched), last_hash, tail, _root(namespace)[0])
         if matched:
             logger.debug("seq %r: prefix hit of %d tokens", seq_id, num_hit_tokens)
         return PrefixHit(num_hit_tokens, len(matched))
@@ -243,7 +254,7 @@ class BlockAllocator:
             table.append(dst)
             copy = BlockCopy(parent.table[-1], dst)
         self._seqs[child_seq_id] = _SeqState(
-            table, parent.num_tokens, parent.num_hashed, parent.last_hash, list(parent.tail)
+            table, parent.num_tokens, parent.num_hashed, parent.last_hash, list(parent.tail), parent.root
         )
         return copy
 
@@ -311,13 +322,12 @@ class BlockAllocator:
     def _blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
 
-    def _match_prefix(self, token_ids: Sequence[int]) -> tuple[list[int], int | None]:
+    def _match_prefix(self, token_ids: Sequence[int], namespace: str | None = None) -> tuple[list[int], int | None]:
         """Published blocks holding the prompt's leading full blocks, and the last one's hash."""
         matched: list[int] = []
-        parent_hash: int | None = None
+        parent_key, parent_hash = _root(namespace)
         if not self.enable_prefix_caching:
             return matched, parent_hash
-        parent_key = _ROOT
         block_size = self.block_size
         for i in range((len(token_ids) - 1) // block_size):  # never the last prompt token
             tokens = tuple(token_ids[i * block_size : (i + 1) * block_size])
@@ -363,7 +373,7 @@ class BlockAllocator:
             tokens = tuple(state.tail[:block_size])
             del state.tail[:block_size]
             h = hash_block_tokens(state.last_hash, tokens)
-            parent_key = _ROOT
+            parent_key = state.root
             if i:
                 prev = self._blocks[state.table[i - 1]]
                 parent_key = (prev.block_id, prev.generation)

@@ -16,9 +16,11 @@ import torch
 
 from labs.engine.attention import DecodeRows, PagedBatch, PrefillChunk, batch_context
 from labs.engine.decode_buffer import DecodeBuffer
+from labs.engine.adapters import AdapterSet
 from labs.engine.fused_llama import FusedLlamaForward, supports
 from labs.engine.kv_blocks import BlockAllocator
 from labs.engine.kv_cache import KVCache
+from labs.engine.lora import LoraBatch, LoraRows, install_hooks, lora_context
 from labs.engine.native import NativeKernels
 from labs.engine.scheduler import SchedulerOutput
 from labs.engine.sequence import Sequence
@@ -59,6 +61,14 @@ class ModelRunner:
         if self.fused is not None and self.fused.kernels_apply:
             self.native = NativeKernels(native_kernels, native_cache_dir)
             self.fused.kernels = self.native.module
+        self.adapters: AdapterSet | None = None
+
+    def serve_adapters(self, adapters: AdapterSet) -> None:
+        """Apply LoRA adapters from `adapters` to the rows of the requests that name them (the
+        model's own forward gets hooks on its linear layers; the fused one applies them itself)."""
+        self.adapters = adapters
+        if self.fused is None:
+            install_hooks(self.model, adapters.slots)
 
     @torch.inference_mode()
     def run(self, scheduled: SchedulerOutput) -> StepLogits:
@@ -72,7 +82,10 @@ class ModelRunner:
         if in_buffer is not None:  # decode rows follow the buffer's row order
             slot_of = {seq.seq_id: slot for seq, slot in zip(decodes, decode_slots)}
             decodes, decode_slots = in_buffer, [slot_of[seq.seq_id] for seq in in_buffer]
+        adapter_rows: dict[str, list[int]] = {}
         for seq, slot in zip(decodes, decode_slots):
+            if seq.adapter is not None:
+                adapter_rows.setdefault(seq.adapter, []).append(len(tokens))
             sample_rows.append(len(tokens))
             sampled.append(seq)
             tokens.append(seq.output_token_ids[-1])
@@ -87,6 +100,8 @@ class ModelRunner:
         for item in scheduled.prefills:
             start, end = item.start, item.start + item.length
             row = len(tokens)
+            if item.seq.adapter is not None:
+                adapter_rows.setdefault(item.seq.adapter, []).extend(range(row, row + item.length))
             all_ids = item.seq.all_token_ids
             tokens.extend(all_ids[start:end])
             positions.extend(range(start, end))
@@ -108,13 +123,22 @@ class ModelRunner:
         # Logits only for sampled rows; a step that samples nothing (a middle prefill chunk)
         # still keeps one row, which costs less than a second forward signature.
         keep = torch.tensor(sample_rows or [len(tokens) - 1], dtype=torch.long, device=self.device)
+        lora = self._lora_batch(adapter_rows, len(tokens))
         if self.fused is not None:
-            logits = self.fused(input_ids, position_ids, batch, keep)
+            logits = self.fused(input_ids, position_ids, batch, keep, lora)
         else:
-            with batch_context(batch):
+            with batch_context(batch), lora_context(lora):
                 output = self.model(input_ids=input_ids[None], position_ids=position_ids[None], use_cache=False, logits_to_keep=keep)
             logits = output.logits[0]
         return StepLogits(sampled, logits[:len(sampled)].float())
+
+    def _lora_batch(self, adapter_rows: dict[str, list[int]], total: int) -> LoraBatch | None:
+        if not adapter_rows:
+            return None
+        return LoraBatch([
+            LoraRows(self.adapters.get(name), None if len(rows) == total else torch.tensor(rows, dtype=torch.long, device=self.device))
+            for name, rows in adapter_rows.items()
+        ])
 
     def between_requests(self) -> None:
         """Nothing is running: the decode buffer holds no rows (its storage stays, like the

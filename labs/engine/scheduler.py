@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Callable
 
 from labs.engine.kv_blocks import BlockAllocator
 from labs.engine.sequence import Sequence, Status
@@ -50,8 +51,14 @@ class SchedulerOutput:
 
 
 class Scheduler:
-    def __init__(self, allocator: BlockAllocator, max_num_seqs: int, max_batched_tokens: int) -> None:
+    def __init__(self, allocator: BlockAllocator, max_num_seqs: int, max_batched_tokens: int,
+                 cache_namespace: Callable[[Sequence], str | None] = lambda seq: None,
+                 ready: Callable[[Sequence], bool] = lambda seq: True) -> None:
+        """`cache_namespace` keeps prefix-cache hits among requests whose keys and values agree (one per
+        adapter); `ready` says whether a waiting request's adapter is in memory (else it waits)."""
         self.allocator = allocator
+        self.cache_namespace = cache_namespace
+        self.ready = ready
         self.max_num_seqs = max_num_seqs
         self.max_batched_tokens = max_batched_tokens
         self.waiting: deque[Sequence] = deque()
@@ -95,10 +102,13 @@ class Scheduler:
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
             tokens = seq.all_token_ids
-            if not self.allocator.can_allocate(tokens):
+            if not self.ready(seq):
+                break  # first come, first served: wait for its adapter to be in memory
+            namespace = self.cache_namespace(seq)
+            if not self.allocator.can_allocate(tokens, namespace):
                 break  # first come, first served: wait for blocks to free up
             self.waiting.popleft()
-            hit = self.allocator.allocate(seq.seq_id, tokens)
+            hit = self.allocator.allocate(seq.seq_id, tokens, namespace)
             seq.num_computed_tokens = hit.num_cached_tokens
             if not seq.output_token_ids and seq.preemptions == 0:
                 seq.cached_prompt_tokens = hit.num_cached_tokens

@@ -58,6 +58,7 @@ class Sequence:
     sink: OutputSink
     generator: torch.Generator | None = None
     matcher: Any = None  # llguidance matcher when the request is constrained by a grammar
+    adapter: str | None = None  # the LoRA adapter this request runs with; None: the base model
     seq_id: int = field(default_factory=lambda: next(_ids))
     output_token_ids: list[int] = field(default_factory=list)
     status: Status = Status.WAITING

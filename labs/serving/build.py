@@ -3,10 +3,11 @@ user at a terminal (a cache sized for one conversation of the model that loads).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Callable
 
 from labs.config import Settings
-from labs.engine.core import EngineConfig
+from labs.engine.core import EngineConfig, lora_reserve_bytes
 from labs.engine.defaults import engine_config_from_settings
 from labs.engine.kv_cache import cache_shape_for
 from labs.models import LoadedModel
@@ -35,11 +36,13 @@ def local_serving(settings: Settings, progress: Callable[[str], None] | None = N
 
 
 def _one_conversation(settings: Settings) -> Callable[[LoadedModel], EngineConfig]:
+    """One user runs one adapter at a time: room for one, on top of the pages of one conversation."""
     def sizing(loaded: LoadedModel) -> EngineConfig:
         if str(settings.engine.kv_cache_memory).lower() != "auto":
-            return engine_config_from_settings(settings)
+            return replace(engine_config_from_settings(settings), max_loras=1)
         per_token = cache_shape_for(loaded.model, loaded.context_length).bytes_per_token
-        return engine_config_from_settings(settings, page_bytes=(loaded.context_length + 64) * per_token)
+        config = replace(engine_config_from_settings(settings, page_bytes=(loaded.context_length + 64) * per_token), max_loras=1)
+        return replace(config, kv_cache_memory=config.kv_cache_memory + lora_reserve_bytes(loaded.model, config))
 
     return sizing
 

@@ -5,6 +5,10 @@ A client names a model by id: the configured default model, or an alias from lab
 or reach for the network. Each loaded model gets its own engine. At most `max_loaded` are in
 memory; loading one more unloads the least recently used model that has no request in flight.
 Models other than the default are also unloaded after `idle_ttl` seconds without use.
+
+A LoRA adapter is served as a model of its own id on its base model's engine: requests for it hold
+the base (loading it if needed) and name the adapter to the engine, which loads it on first use.
+Adapters come from `[models]` or, where the server allows it, are loaded at run time.
 """
 
 from __future__ import annotations
@@ -15,14 +19,17 @@ import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
-from labs.config import Settings
+from labs.config import DEFAULT_MODEL_ALIAS, Settings
 from labs.engine.core import EngineConfig
 from labs.engine.engine import Engine
 from labs.engine.torch_thread import torch_thread
-from labs.errors import LabsError
+from labs.engine.lora import AdapterError, adapter_base, is_adapter_folder
+from labs.errors import LabsError, ModelLoadError
 from labs.models import LoadedModel, load_model
+from labs.models.embedded import EMBEDDED_CHAT_MODELS
 from labs.serving.reasoning import ReasoningTags, detect_reasoning_tags
 
 logger = logging.getLogger(__name__)
@@ -49,6 +56,10 @@ class ModelNotAvailableError(LabsError):
         self.available = available
 
 
+class AdapterNameTakenError(LabsError):
+    """A run-time adapter was given a model id the server already uses (409)."""
+
+
 class ModelsBusyError(LabsError):
     """Every loaded model is serving requests, so none can be unloaded to make room (503)."""
 
@@ -57,9 +68,19 @@ class ModelsBusyError(LabsError):
         self.retry_after = retry_after
 
 
+@dataclass(frozen=True)
+class AdapterEntry:
+    """A LoRA adapter offered as a model: its base model's id and its folder."""
+
+    base_id: str
+    path: Path
+    runtime: bool = False  # loaded through the API rather than configured
+
+
 @dataclass(eq=False)
 class ServedModel:
-    """A loaded model with its engine, as requests see it."""
+    """A loaded model with its engine, as requests see it (for an adapter: the base's engine and
+    the adapter's name, which requests pass to the engine)."""
 
     id: str
     loaded: LoadedModel
@@ -68,6 +89,7 @@ class ServedModel:
     loaded_at: float = field(default_factory=time.time)
     last_used: float = field(default_factory=time.monotonic)
     in_flight: int = 0
+    adapter: str | None = None
 
     @property
     def tokenizer(self):  # noqa: ANN201 - a transformers tokenizer
@@ -99,11 +121,19 @@ class ModelRegistry:
         self.max_loaded = max_loaded
         self.idle_ttl = idle_ttl
         # A model configured by path is served under its folder or file name (and answers to the path too).
-        self._specs: dict[str, str | None] = {short_id(settings.generation.model_name): None}
+        default = settings.generation.model_name
+        self.default_id = short_id(default)
+        self._spellings = {default: self.default_id}
+        self._adapters: dict[str, AdapterEntry] = {}
+        default_is_adapter = is_adapter_folder(Path(default).expanduser())
+        self._specs: dict[str, str | None] = {} if default_is_adapter else {self.default_id: None}
         for alias in settings.model_aliases:
             self._specs.setdefault(alias, alias)
-        self.default_id = short_id(settings.generation.model_name)
-        self._spellings = {settings.generation.model_name: self.default_id}
+        if default_is_adapter:  # the default model is an adapter: it runs on the base its folder names
+            path = Path(default).expanduser()
+            self._adapters[self.default_id] = AdapterEntry(self._base_id(adapter_base(path) or DEFAULT_MODEL_ALIAS), path)
+        for alias, entry in settings.adapter_aliases.items():
+            self._adapters[alias] = AdapterEntry(self._base_id(entry.base), entry.adapter)
         self._loaded: dict[str, ServedModel] = {}
         self._loading: dict[str, asyncio.Future[ServedModel]] = {}
         self._lock = asyncio.Lock()  # guards loading decisions; loads themselves run on the torch thread
@@ -112,7 +142,11 @@ class ModelRegistry:
     # ------------------------------------------------------------------ what is offered
 
     def available_ids(self) -> list[str]:
-        return list(self._specs)
+        return list(self._specs) + list(self._adapters)
+
+    def adapter(self, model_id: str) -> AdapterEntry | None:
+        """The adapter a model id names, if it names one."""
+        return self._adapters.get(model_id)
 
     def resolve_id(self, requested: str | None) -> str:
         """The served id for a request's `model` field (empty means the default).
@@ -121,17 +155,40 @@ class ModelRegistry:
         if requested is None or requested == "":
             return self.default_id
         for spelling in (requested, requested.removesuffix(":latest")):
-            if spelling in self._specs:
+            if spelling in self._specs or spelling in self._adapters:
                 return spelling
             if spelling in self._spellings:
                 return self._spellings[spelling]
         if self.any_model:
-            self._specs[requested] = requested
+            path = Path(requested).expanduser()
+            if is_adapter_folder(path):  # a terminal may name an adapter folder: it runs on the base it names
+                self._adapters[requested] = AdapterEntry(self._base_id(adapter_base(path)), path)
+            else:
+                self._specs[requested] = requested
             return requested
         raise ModelNotAvailableError(requested, self.available_ids())
 
+    def _base_id(self, base: str | None) -> str:
+        """The served id of an adapter's base model (None: the default), offering it if it is new."""
+        if base is None:
+            return self.default_id
+        base = next((alias for alias, model in EMBEDDED_CHAT_MODELS.items() if model.hub_id == base), base)
+        if base in self._specs:
+            return base
+        if base in self._spellings:
+            return self._spellings[base]
+        base_id = short_id(base)
+        self._specs.setdefault(base_id, base)
+        self._spellings[base] = base_id
+        return base_id
+
     def loaded(self, model_id: str) -> ServedModel | None:
-        return self._loaded.get(model_id)
+        """The loaded model serving `model_id` (for an adapter: its base, seen as the adapter)."""
+        entry = self._adapters.get(model_id)
+        if entry is None:
+            return self._loaded.get(model_id)
+        served = self._loaded.get(entry.base_id)
+        return None if served is None else replace(served, id=model_id, adapter=model_id)
 
     def loaded_models(self) -> list[ServedModel]:
         return list(self._loaded.values())
@@ -145,15 +202,57 @@ class ModelRegistry:
     @contextlib.asynccontextmanager
     async def use(self, requested: str | None) -> AsyncIterator[ServedModel]:
         """Hold a model for one request: it is loaded if needed and not unloaded until the block ends."""
-        served = await self._acquire(requested)
+        model_id = self.resolve_id(requested)
+        entry = self._adapters.get(model_id)
+        served = await self._acquire(entry.base_id if entry else model_id)
         try:
-            yield served
+            if entry is not None:
+                await self._register_adapter(served, model_id, entry)
+                yield replace(served, id=model_id, adapter=model_id)
+            else:
+                yield served
         finally:
             served.in_flight -= 1
             served.last_used = time.monotonic()
 
-    async def _acquire(self, requested: str | None) -> ServedModel:
-        model_id = self.resolve_id(requested)
+    async def _register_adapter(self, served: ServedModel, name: str, entry: AdapterEntry) -> None:
+        """Make sure the base's engine knows the adapter (it loads its weights when a request needs them)."""
+        async with self._lock:
+            if name in served.engine.adapters():
+                return
+            try:
+                await asyncio.wrap_future(served.engine.load_adapter(name, entry.path))
+            except AdapterError as error:
+                raise ModelLoadError(f"the adapter {name!r} ({entry.path}) cannot be served: {error}") from None
+
+    async def load_adapter(self, name: str, path: Path, base: str | None = None) -> AdapterEntry:
+        """Offer a LoRA adapter folder as model `name` at run time (its base is loaded if needed and
+        the adapter checked against it now: AdapterError says what does not fit)."""
+        if name in self._specs or name in self._spellings or name in self._adapters:
+            raise AdapterNameTakenError(f"the model id {name!r} is already in use on this server: choose another lora_name "
+                                        "(or unload that adapter first)")
+        base_id = self.resolve_id(base)
+        if base_id in self._adapters:
+            raise AdapterError(f"the base model {base!r} is itself an adapter; give the model the adapter was trained on")
+        entry = AdapterEntry(base_id, Path(path), runtime=True)
+        async with self.use(base_id) as served:
+            await asyncio.wrap_future(served.engine.load_adapter(name, entry.path))
+        self._adapters[name] = entry
+        logger.info("adapter %s loaded on %s from %s", name, base_id, entry.path)
+        return entry
+
+    async def unload_adapter(self, name: str) -> None:
+        """Stop offering adapter `name` (refused while requests use it)."""
+        entry = self._adapters.get(name)
+        if entry is None:
+            raise ModelNotAvailableError(name, list(self._adapters) or ["(no adapters)"])
+        served = self._loaded.get(entry.base_id)
+        if served is not None and name in served.engine.adapters():
+            await asyncio.wrap_future(served.engine.unload_adapter(name))
+        del self._adapters[name]
+        logger.info("adapter %s unloaded", name)
+
+    async def _acquire(self, model_id: str) -> ServedModel:
         while True:
             served = self._loaded.get(model_id)
             if served is not None and not served.engine.alive and served.in_flight == 0:
@@ -207,8 +306,13 @@ class ModelRegistry:
         """On the torch thread: load weights and start an engine."""
         loaded = load_model(self.settings, spec, progress=self.progress)
         config = self.engine_config(loaded) if callable(self.engine_config) else self.engine_config
+        if not self._may_serve_adapters(model_id):
+            config = replace(config, max_loras=0)  # no memory is set aside for adapters it will never run
         engine = Engine(loaded.model, loaded.tokenizer, loaded.context_length, config)
         return ServedModel(model_id, loaded, engine, detect_reasoning_tags(loaded.tokenizer))
+
+    def _may_serve_adapters(self, model_id: str) -> bool:
+        return self.settings.server.allow_runtime_lora or any(entry.base_id == model_id for entry in self._adapters.values())
 
     def _least_recently_used_idle(self) -> ServedModel | None:
         idle = [served for served in self._loaded.values() if served.in_flight == 0]

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from labs.config import KEYS, CliValue, load_settings
+from labs.config.loader import AdapterAlias
 from labs.errors import ConfigError
 
 
@@ -125,6 +126,27 @@ def test_unknown_table_and_invalid_toml(tmp_path: Path) -> None:
         load_settings(environ={}, cwd=tmp_path)
     write(tmp_path / "labs.toml", "[generation\n")
     with pytest.raises(ConfigError, match=r"is not valid TOML"):
+        load_settings(environ={}, cwd=tmp_path)
+
+
+def test_lora_adapters_in_the_models_table(tmp_path: Path) -> None:
+    write(tmp_path / "labs.toml", '[models]\nmine = "/models/mine"\ntone = { base = "mine", adapter = "~/adapters/tone" }\n'
+                                  'plain = { adapter = "/adapters/plain" }\n')
+    settings = load_settings(environ={}, cwd=tmp_path)
+    assert settings.model_aliases == {"mine": "/models/mine"}
+    assert settings.adapter_aliases == {"tone": AdapterAlias(Path("~/adapters/tone").expanduser(), "mine"),
+                                        "plain": AdapterAlias(Path("/adapters/plain"), None)}
+    assert settings.alias_sources["tone"].startswith("file ")
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ('{ base = "mine" }', r"\[models\] tone in .*: 'adapter' must name a PEFT LoRA adapter folder, e.g. \[models\] tone = "),
+    ('{ adapter = "/a", bsae = "mine" }', r"unknown key 'bsae' \(did you mean 'base'\?\); an adapter entry has 'adapter'"),
+    ('{ adapter = "/a", base = 3 }', r"'base' must name a model"),
+])
+def test_bad_adapter_entries(tmp_path: Path, entry: str, message: str) -> None:
+    write(tmp_path / "labs.toml", f"[models]\ntone = {entry}\n")
+    with pytest.raises(ConfigError, match=message):
         load_settings(environ={}, cwd=tmp_path)
 
 

@@ -117,6 +117,26 @@ def test_shared_system_prompt_hits_full_blocks() -> None:
     assert alloc.num_used_blocks == 4  # shared blocks still referenced by b
 
 
+def test_namespaces_never_share_blocks_even_when_hashes_collide(monkeypatch: pytest.MonkeyPatch) -> None:
+    alloc = BlockAllocator(num_blocks=32, block_size=BS)
+    prompt = SYSTEM + [1, 2, 3]
+    alloc.allocate("base", prompt)
+    computed(alloc, "base")
+    assert alloc.allocate("tone", prompt, namespace="lora:tone#1") == PrefixHit(0, 0)
+    computed(alloc, "tone")
+    assert alloc.allocate("tone-2", prompt, namespace="lora:tone#1") == PrefixHit(12, 3)
+    assert alloc.block_table("tone-2")[:3] == alloc.block_table("tone")[:3] != alloc.block_table("base")[:3]
+    assert alloc.allocate("base-2", prompt) == PrefixHit(12, 3)
+    assert alloc.allocate("other", prompt, namespace="lora:other#2") == PrefixHit(0, 0)
+    alloc.check_invariants()
+    monkeypatch.setattr(kv_blocks, "hash_block_tokens", lambda parent, tokens: 42)  # every block collides
+    alloc = BlockAllocator(num_blocks=32, block_size=BS)
+    alloc.allocate("base", prompt)
+    computed(alloc, "base")
+    assert alloc.allocate("tone", prompt, namespace="lora:tone#1") == PrefixHit(0, 0)
+    alloc.check_invariants()
+
+
 def test_blocks_are_published_only_once_computed() -> None:
     alloc = BlockAllocator(num_blocks=16, block_size=BS)
     alloc.allocate("a", SYSTEM)

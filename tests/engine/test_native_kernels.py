@@ -137,7 +137,7 @@ def test_residual_add_adds_in_place(kernels: ModuleType) -> None:
 def test_silu_mul_quantize_matches_pytorch_even_for_huge_gates(kernels: ModuleType) -> None:
     acc, x_scale, w_scale = products(32, 2 * 1536, seed=4)
     x_scale[0] = 0.5  # gates of hundreds of thousands: exp must saturate, not overflow to NaN
-    q, scale = kernels.silu_mul_quantize(acc, x_scale, w_scale)
+    q, scale = kernels.silu_mul_quantize(acc, x_scale, w_scale, None)
     products_fp = dequantize_reference(acc, x_scale, w_scale)
     gate, up = products_fp[:, :1536], products_fp[:, 1536:]
     expected = F.silu(gate.double()).mul(up.double()).float()
@@ -161,7 +161,7 @@ def test_bad_inputs_are_refused_with_what_was_wrong(kernels: ModuleType) -> None
     with pytest.raises(RuntimeError, match="hidden and acc must have the same shape"):
         kernels.residual_add(acc, x_scale, w_scale, None, torch.randn(4, 9))
     with pytest.raises(RuntimeError, match="gate and up halves"):
-        kernels.silu_mul_quantize(products(4, 7)[0], x_scale, torch.rand(7))
+        kernels.silu_mul_quantize(products(4, 7)[0], x_scale, torch.rand(7), None)
     hidden = torch.randn(4, 8)
     before = hidden.clone()
     with pytest.raises(RuntimeError, match="weight must be"):

@@ -62,9 +62,17 @@ void check_accumulator(const Tensor& acc, const Tensor& x_scale, const Tensor& w
   TORCH_CHECK(w_scale.scalar_type() == torch::kFloat32 && w_scale.is_contiguous() && w_scale.numel() == acc.size(1),
               "w_scale must hold one float32 scale per column of acc");
   if (bias) {
-    TORCH_CHECK(bias->scalar_type() == torch::kFloat32 && bias->is_contiguous() && bias->numel() == acc.size(1),
-                "bias must hold one float32 value per column of acc");
+    TORCH_CHECK(bias->scalar_type() == torch::kFloat32 && bias->is_contiguous() &&
+                    ((bias->dim() == 1 && bias->numel() == acc.size(1)) || (bias->dim() == 2 && bias->sizes() == acc.sizes())),
+                "bias must hold one float32 value per column of acc, or one per element (a per-row addend such as LoRA updates)");
   }
+}
+
+// The bias values of row `i`: the shared vector, or that row of a per-element addend.
+inline const float* bias_row(const std::optional<Tensor>& bias, int64_t i) {
+  if (!bias) return nullptr;
+  const float* base = bias->data_ptr<float>();
+  return bias->dim() == 2 ? base + i * bias->size(1) : base;
 }
 
 void check_vector(const Tensor& t, int64_t n, const char* name) {
@@ -158,7 +166,6 @@ Tensor dequantize_rotary(const Tensor& acc, const Tensor& x_scale, const Tensor&
   const int32_t* ap = acc.data_ptr<int32_t>();
   const float* xs = x_scale.data_ptr<float>();
   const float* ws = w_scale.data_ptr<float>();
-  const float* bp = bias ? bias->data_ptr<float>() : nullptr;
   const float* cp = rotary_heads > 0 ? cos.data_ptr<float>() : nullptr;
   const float* snp = rotary_heads > 0 ? sin_signed.data_ptr<float>() : nullptr;
   float* op = out.data_ptr<float>();
@@ -167,6 +174,7 @@ Tensor dequantize_rotary(const Tensor& acc, const Tensor& x_scale, const Tensor&
     std::vector<float> plain(rotary_width);
     for (int64_t i = begin; i < end; i++) {
       float* o = op + i * width;
+      const float* bp = bias_row(bias, i);
       dequantize_row(ap + i * width, xs[i], ws, bp, rotary_width, plain.data());
       dequantize_row(ap + i * width + rotary_width, xs[i], ws + rotary_width, bp ? bp + rotary_width : nullptr,
                      width - rotary_width, o + rotary_width);
@@ -202,7 +210,6 @@ std::tuple<Tensor, Tensor> residual_rms_norm_quantize(const Tensor& acc, const T
   const int32_t* ap = acc.data_ptr<int32_t>();
   const float* xs = x_scale.data_ptr<float>();
   const float* ws = w_scale.data_ptr<float>();
-  const float* bp = bias ? bias->data_ptr<float>() : nullptr;
   float* hp = hidden.data_ptr<float>();
   const float* wp = weight.data_ptr<float>();
   int8_t* qp = q.data_ptr<int8_t>();
@@ -211,7 +218,7 @@ std::tuple<Tensor, Tensor> residual_rms_norm_quantize(const Tensor& acc, const T
     std::vector<float> update(width), y(width);
     for (int64_t i = begin; i < end; i++) {
       float* h = hp + i * width;
-      dequantize_row(ap + i * width, xs[i], ws, bp, width, update.data());
+      dequantize_row(ap + i * width, xs[i], ws, bias_row(bias, i), width, update.data());
       float squares = 0.f;
 #pragma omp simd reduction(+ : squares)
       for (int64_t k = 0; k < width; k++) {
@@ -236,22 +243,23 @@ void residual_add(const Tensor& acc, const Tensor& x_scale, const Tensor& w_scal
   const int32_t* ap = acc.data_ptr<int32_t>();
   const float* xs = x_scale.data_ptr<float>();
   const float* ws = w_scale.data_ptr<float>();
-  const float* bp = bias ? bias->data_ptr<float>() : nullptr;
   float* hp = hidden.data_ptr<float>();
   at::parallel_for(0, rows, grain_for(width), [&](int64_t begin, int64_t end) {
     std::vector<float> update(width);
     for (int64_t i = begin; i < end; i++) {
       float* h = hp + i * width;
-      dequantize_row(ap + i * width, xs[i], ws, bp, width, update.data());
+      dequantize_row(ap + i * width, xs[i], ws, bias_row(bias, i), width, update.data());
 #pragma omp simd
       for (int64_t k = 0; k < width; k++) h[k] += update[k];
     }
   });
 }
 
-// acc = [gate | up] products [M, 2I]: SiLU(gate) * up, quantized per row.
-std::tuple<Tensor, Tensor> silu_mul_quantize(const Tensor& acc, const Tensor& x_scale, const Tensor& w_scale) {
-  check_accumulator(acc, x_scale, w_scale, std::nullopt);
+// acc = [gate | up] products [M, 2I] (+ addend [M, 2I], e.g. LoRA updates): SiLU(gate) * up, quantized per row.
+std::tuple<Tensor, Tensor> silu_mul_quantize(const Tensor& acc, const Tensor& x_scale, const Tensor& w_scale,
+                                             const std::optional<Tensor>& addend) {
+  check_accumulator(acc, x_scale, w_scale, addend);
+  TORCH_CHECK(!addend || addend->dim() == 2, "addend must be [rows, columns] like acc");
   TORCH_CHECK(acc.size(1) % 2 == 0, "acc must hold gate and up halves of equal width");
   const int64_t rows = acc.size(0), inner = acc.size(1) / 2;
   auto [q, scale] = empty_quantized(rows, inner, x_scale);
@@ -265,11 +273,21 @@ std::tuple<Tensor, Tensor> silu_mul_quantize(const Tensor& acc, const Tensor& x_
     for (int64_t i = begin; i < end; i++) {
       const int32_t* a = ap + i * 2 * inner;
       const float s = xs[i];
+      const float* add = bias_row(addend, i);
+      if (add == nullptr) {
 #pragma omp simd
-      for (int64_t k = 0; k < inner; k++) {
-        const float gate = static_cast<float>(a[k]) * s * ws[k];
-        const float up = static_cast<float>(a[k + inner]) * s * ws[k + inner];
-        y[k] = gate / (1.f + vector_exp(-gate)) * up;
+        for (int64_t k = 0; k < inner; k++) {
+          const float gate = static_cast<float>(a[k]) * s * ws[k];
+          const float up = static_cast<float>(a[k + inner]) * s * ws[k + inner];
+          y[k] = gate / (1.f + vector_exp(-gate)) * up;
+        }
+      } else {
+#pragma omp simd
+        for (int64_t k = 0; k < inner; k++) {
+          const float gate = static_cast<float>(a[k]) * s * ws[k] + add[k];
+          const float up = static_cast<float>(a[k + inner]) * s * ws[k + inner] + add[k + inner];
+          y[k] = gate / (1.f + vector_exp(-gate)) * up;
+        }
       }
       sp[i] = quantize_row(y.data(), inner, 1.f, qp + i * inner);
     }
