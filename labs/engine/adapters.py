@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from labs.engine.errors import EngineRequestError
-from labs.engine.lora import AdapterError, LoraAdapter, LoraSlot, read_adapter
+from labs.engine.lora import AdapterError, AdapterStack, LoraAdapter, LoraSlot, read_adapter
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ class AdapterSet:
         self.device = device
         self.known: dict[str, Path] = {}
         self.resident: OrderedDict[str, LoraAdapter] = OrderedDict()  # least recently used first
+        self.stack = AdapterStack([])
         self.loads_total = 0
 
     def _read(self, name: str, path: Path) -> LoraAdapter:
@@ -49,6 +50,7 @@ class AdapterSet:
         self.known[name] = Path(path)
         if self._make_room(in_use):
             self.resident[name] = adapter
+            self._restack()
         return adapter
 
     def remove(self, name: str, in_use: set[str]) -> None:
@@ -57,7 +59,8 @@ class AdapterSet:
         if name in in_use:
             raise EngineRequestError(f"adapter {name!r} is serving requests: unload it when they have finished")
         del self.known[name]
-        self.resident.pop(name, None)
+        if self.resident.pop(name, None) is not None:
+            self._restack()
 
     def get(self, name: str) -> LoraAdapter:
         return self.resident[name]
@@ -69,19 +72,25 @@ class AdapterSet:
         """Bring the adapters the next waiting requests need into memory, in queue order, while room
         can be made; an adapter whose files no longer load fails its requests through `fail`."""
         needed = set(in_use)
+        before = list(self.resident)
         for name in names:
             if name in self.resident:
                 self.resident.move_to_end(name)
                 needed.add(name)
                 continue
             if not self._make_room(needed):
-                return  # every resident adapter is in use: the request waits
+                break  # every resident adapter is in use: the request waits
             try:
                 self.resident[name] = self._read(name, self.known[name])
             except AdapterError as error:
                 fail(name, str(error))
                 continue
             needed.add(name)
+        if set(self.resident) != set(before):
+            self._restack()
+
+    def _restack(self) -> None:
+        self.stack = AdapterStack(list(self.resident.values()))
 
     def _make_room(self, keep: set[str]) -> bool:
         while len(self.resident) >= self.capacity:

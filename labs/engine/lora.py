@@ -249,41 +249,81 @@ def _stack(slot: LoraSlot, parts: list[tuple[torch.Tensor, torch.Tensor] | None]
     return a.to(device=device, dtype=dtype).contiguous(), b.to(device=device, dtype=dtype).contiguous()
 
 
-@dataclass
-class LoraRows:
-    adapter: LoraAdapter
-    rows: torch.Tensor | None  # the step's token rows for this adapter; None: every row
+class AdapterStack:
+    """The resident adapters' tables stacked per slot: A [n, R, in] and B [n, out, R] (ranks padded
+    with zeros, an adapter without this slot all zeros), adapter i at index i.
+
+    Why: a step mixing several adapters then runs each slot as one gather, two batched matmuls and
+    one scatter-add, whatever the number of adapters; each adapter's own tables are views of the
+    stack (used when a step has one adapter on every row), so memory is not doubled.
+    """
+
+    def __init__(self, adapters: list[LoraAdapter]) -> None:
+        self.index = {adapter.name: i for i, adapter in enumerate(adapters)}
+        self.tables: dict[Any, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.owners: dict[Any, set[str]] = {}
+        for key in dict.fromkeys(key for adapter in adapters for key in adapter.tables):
+            owners = [adapter for adapter in adapters if key in adapter.tables]
+            a0, b0 = owners[0].tables[key]
+            rank = max(adapter.tables[key][0].shape[0] for adapter in owners)
+            a_all = a0.new_zeros(len(adapters), rank, a0.shape[1])
+            b_all = b0.new_zeros(len(adapters), b0.shape[0], rank)
+            for adapter in owners:
+                a, b = adapter.tables[key]
+                i, r = self.index[adapter.name], a.shape[0]
+                a_all[i, :r], b_all[i, :, :r] = a, b
+                adapter.tables[key] = (a_all[i, :r], b_all[i, :, :r])
+            self.tables[key] = (a_all, b_all)
+            self.owners[key] = {adapter.name for adapter in owners}
 
 
 class LoraBatch:
-    """The adapters of one step and the token rows each applies to."""
+    """The adapters of one step and the token rows each applies to (None: every row)."""
 
-    def __init__(self, groups: list[LoraRows]) -> None:
-        self.groups = groups
-
-    def add_to(self, out: torch.Tensor, x: torch.Tensor, key: Any) -> torch.Tensor:
-        """out[rows] += x[rows] @ A.T @ B.T for each adapter with an update at `key` (in place)."""
-        for group in self.groups:
-            table = group.adapter.tables.get(key)
-            if table is None:
-                continue
-            a, b = table
-            if group.rows is None:
-                out.add_(torch.mm(torch.mm(x, a.t()), b.t()))
-            else:
-                out.index_add_(0, group.rows, torch.mm(torch.mm(x.index_select(0, group.rows), a.t()), b.t()))
-        return out
+    def __init__(self, stack: AdapterStack, rows: dict[str, torch.Tensor | None], tokens: int, device: torch.device) -> None:
+        self.stack = stack
+        self.rows = rows
+        self.tokens = tokens
+        self.single = next(iter(rows)) if len(rows) == 1 and None in rows.values() else None
+        if self.single is None:
+            # rows grouped by adapter, each group padded to the largest: padding gathers an extra zero
+            # row of x and adds its (zero) update to row 0
+            width = max(len(r) for r in rows.values())
+            gather = torch.full((len(stack.index), width), tokens, dtype=torch.long)
+            for name, r in rows.items():
+                gather[stack.index[name], :len(r)] = r
+            self.gather = gather.view(-1).to(device)
+            self.scatter = torch.where(self.gather == tokens, 0, self.gather)
+            self.width = width
 
     def touches(self, key: Any) -> bool:
-        return any(key in group.adapter.tables for group in self.groups)
+        owners = self.stack.owners.get(key, ())
+        return any(name in owners for name in self.rows)
+
+    def delta(self, x: torch.Tensor, key: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(update, rows): the update of every row, or of the gathered rows to add at `rows`."""
+        if self.single is not None:
+            a, b = self.stack.tables[key][0][self.stack.index[self.single]], self.stack.tables[key][1][self.stack.index[self.single]]
+            return torch.mm(torch.mm(x, a.t()), b.t()), None
+        a_all, b_all = self.stack.tables[key]
+        padded = torch.cat([x, x.new_zeros(1, x.shape[1])]).index_select(0, self.gather).view(a_all.shape[0], self.width, -1)
+        update = torch.bmm(torch.bmm(padded, a_all.transpose(1, 2)), b_all.transpose(1, 2))
+        return update.view(-1, b_all.shape[1]), self.scatter
+
+    def add_to(self, out: torch.Tensor, x: torch.Tensor, key: Any) -> torch.Tensor:
+        """out += (x @ A.T) @ B.T, each row with its own adapter's A and B (none for base rows), in place."""
+        if not self.touches(key):
+            return out
+        update, rows = self.delta(x, key)
+        return out.add_(update) if rows is None else out.index_add_(0, rows, update)
 
     def dense(self, x: torch.Tensor, key: Any, width: int, bias: torch.Tensor | None) -> torch.Tensor:
         """bias + the updates as one [T, width] fp32 addend (zero rows for the base): what the native
         kernels add after their matmuls."""
-        out = torch.zeros(x.shape[0], width, dtype=torch.float32, device=x.device)
-        if bias is not None:
-            out.add_(bias)
-        return self.add_to(out, x, key)
+        update, rows = self.delta(x, key)
+        if rows is not None:
+            update = torch.zeros(x.shape[0], width, dtype=update.dtype, device=update.device).index_add_(0, rows, update)
+        return update if bias is None else update.add_(bias)
 
 
 _current: list[LoraBatch | None] = [None]

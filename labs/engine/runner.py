@@ -20,7 +20,7 @@ from labs.engine.adapters import AdapterSet
 from labs.engine.fused_llama import FusedLlamaForward, supports
 from labs.engine.kv_blocks import BlockAllocator
 from labs.engine.kv_cache import KVCache
-from labs.engine.lora import LoraBatch, LoraRows, install_hooks, lora_context
+from labs.engine.lora import LoraBatch, install_hooks, lora_context
 from labs.engine.native import NativeKernels
 from labs.engine.scheduler import SchedulerOutput
 from labs.engine.sequence import Sequence
@@ -135,10 +135,10 @@ class ModelRunner:
     def _lora_batch(self, adapter_rows: dict[str, list[int]], total: int) -> LoraBatch | None:
         if not adapter_rows:
             return None
-        return LoraBatch([
-            LoraRows(self.adapters.get(name), None if len(rows) == total else torch.tensor(rows, dtype=torch.long, device=self.device))
+        return LoraBatch(self.adapters.stack, {
+            name: None if len(rows) == total else torch.tensor(rows, dtype=torch.long)
             for name, rows in adapter_rows.items()
-        ])
+        }, total, self.device)
 
     def between_requests(self) -> None:
         """Nothing is running: the decode buffer holds no rows (its storage stays, like the
