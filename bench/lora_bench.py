@@ -10,7 +10,8 @@ shape a typical fine-tune has. One engine serves them all (max_loras = 4). The s
 prompts run twice per round, alternating: every request on the base model, then requests assigned
 round-robin to base, adapter 1..4 (so 4/5 of the rows carry an adapter). The cost of the adapters is
 the ratio of the two; the floor of a mixed batch is the base batch plus the adapters' extra FLOPs
-(2 x rank x (in + out) per linear layer and token, ~2.3% of the model's for rank 16 here).
+(2 x rank x (in + out) per linear layer and token: 4.9 M parameters per rank-16 adapter here,
+3.6% of the model's 135 M).
 """
 
 from __future__ import annotations

@@ -221,14 +221,15 @@ def test_int8_adapters_change_only_their_own_rows(native: str, tiny_model_dir: P
     assert_cache_empty(core)
 
 
-def test_adapters_on_a_bitsandbytes_8bit_base(tiny_model_dir: Path, adapters: dict[str, Path]) -> None:
+@pytest.mark.parametrize("mode", ["LABS_LOAD_IN_8BIT", "LABS_LOAD_IN_4BIT"])
+def test_adapters_on_a_bitsandbytes_base(mode: str, tiny_model_dir: Path, adapters: dict[str, Path]) -> None:
     """bitsandbytes layers run in their own modules (the model's own forward), the adapter beside them."""
     from labs.config import load_settings
     from labs.config.loader import CliValue
     from labs.models import load_model
 
     settings = load_settings({"generation.model_name": CliValue(str(tiny_model_dir), "--model")},
-                             environ={"LABS_LOAD_IN_8BIT": "true", "LABS_DEVICE_MAP": "cpu"})
+                             environ={mode: "true", "LABS_DEVICE_MAP": "cpu"})
     loaded = load_model(settings)
     core = lora_core(tiny_model_dir, adapters, fused=False, model=(loaded.model, loaded.tokenizer), fused_forward=True)
     prompt = prompts_of_lengths([14], seed=6)[0]
