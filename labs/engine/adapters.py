@@ -31,7 +31,7 @@ class AdapterSet:
         self.max_rank = max_rank
         self.dtype = dtype
         self.device = device
-        self.known: dict[str, Path] = {}
+        self.known: dict[str, Path] = {}  # replaced, never changed in place: other threads read it
         self.resident: OrderedDict[str, LoraAdapter] = OrderedDict()  # least recently used first
         self.stack = AdapterStack([])
         self.loads_total = 0
@@ -47,7 +47,7 @@ class AdapterSet:
         if name in self.known:
             raise EngineRequestError(f"an adapter named {name!r} is already loaded ({self.known[name]}); unload it first")
         adapter = self._read(name, Path(path))
-        self.known[name] = Path(path)
+        self.known = {**self.known, name: Path(path)}
         if self._make_room(in_use):
             self.resident[name] = adapter
             self._restack()
@@ -58,7 +58,7 @@ class AdapterSet:
             raise EngineRequestError(f"no adapter named {name!r} is loaded; loaded: {', '.join(self.known) or 'none'}")
         if name in in_use:
             raise EngineRequestError(f"adapter {name!r} is serving requests: unload it when they have finished")
-        del self.known[name]
+        self.known = {key: value for key, value in self.known.items() if key != name}
         if self.resident.pop(name, None) is not None:
             self._restack()
 

@@ -132,7 +132,7 @@ class Engine:
 
     def adapters(self) -> dict[str, Path]:
         """The adapters this engine serves, by name."""
-        return dict(self.core.adapters.known)
+        return dict(self.core.adapters.known)  # a snapshot: the engine replaces it, never changes it in place
 
     def stats(self, timeout: float = 30.0) -> EngineStats:
         """A snapshot taken between steps; EngineDeadError if the torch thread does not answer in time."""

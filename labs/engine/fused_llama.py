@@ -228,14 +228,15 @@ class FusedLlamaForward:
         elementwise operations done by one native kernel: a layer is 4 int8 matmuls, 6 kernel
         calls and the attention (whose cache writes and decode softmax use them too).
 
-        LoRA updates enter the kernels as a per-row addend (where the bias goes), computed from
-        the int8 activations the base matmul multiplied, dequantized."""
+        LoRA updates enter the kernels as a per-row addend (where the bias goes), computed by one
+        more kernel from the int8 activations the base matmul multiplied."""
         tokens = hidden.shape[0]
 
         def addend(x: torch.Tensor, x_scale: torch.Tensor, index: int, group: str, fused: FusedLinear) -> torch.Tensor | None:
             if lora is None or not lora.touches((index, group)):
                 return fused.bias
-            return lora.dense(x.float().mul_(x_scale), (index, group), fused.weight.shape[0], fused.bias)
+            update = kernels.lora_update(x, x_scale, lora.row_adapters, *lora.stack.tables[(index, group)])
+            return update if fused.bias is None else update.add_(fused.bias)
 
         hidden = hidden.contiguous()
         cos, sin_signed = cos.contiguous(), sin_signed.contiguous()

@@ -285,6 +285,7 @@ class LoraBatch:
         self.rows = rows
         self.tokens = tokens
         self.single = next(iter(rows)) if len(rows) == 1 and None in rows.values() else None
+        self._row_adapters: torch.Tensor | None = None
         if self.single is None:
             # rows grouped by adapter, each group padded to the largest: padding gathers an extra zero
             # row of x and adds its (zero) update to row 0
@@ -295,6 +296,19 @@ class LoraBatch:
             self.gather = gather.view(-1).to(device)
             self.scatter = torch.where(self.gather == tokens, 0, self.gather)
             self.width = width
+
+    @property
+    def row_adapters(self) -> torch.Tensor:
+        """Each row's adapter as its index in the stack, -1 for base rows (what the native kernel reads)."""
+        if self._row_adapters is None:
+            index = torch.full((self.tokens,), -1, dtype=torch.long)
+            for name, rows in self.rows.items():
+                if rows is None:
+                    index.fill_(self.stack.index[name])
+                else:
+                    index[rows] = self.stack.index[name]
+            self._row_adapters = index
+        return self._row_adapters
 
     def touches(self, key: Any) -> bool:
         owners = self.stack.owners.get(key, ())
@@ -316,14 +330,6 @@ class LoraBatch:
             return out
         update, rows = self.delta(x, key)
         return out.add_(update) if rows is None else out.index_add_(0, rows, update)
-
-    def dense(self, x: torch.Tensor, key: Any, width: int, bias: torch.Tensor | None) -> torch.Tensor:
-        """bias + the updates as one [T, width] fp32 addend (zero rows for the base): what the native
-        kernels add after their matmuls."""
-        update, rows = self.delta(x, key)
-        if rows is not None:
-            update = torch.zeros(x.shape[0], width, dtype=update.dtype, device=update.device).index_add_(0, rows, update)
-        return update if bias is None else update.add_(bias)
 
 
 _current: list[LoraBatch | None] = [None]

@@ -145,6 +145,35 @@ def test_silu_mul_quantize_matches_pytorch_even_for_huge_gates(kernels: ModuleTy
     assert_quantized_close((q, scale), quantize_reference(expected))
 
 
+def test_per_row_addends_and_lora_updates_match_pytorch(kernels: ModuleType) -> None:
+    acc, x_scale, w_scale = products(5, 64, seed=5)
+    addend = torch.randn(5, 64)
+    torch.testing.assert_close(kernels.dequantize(acc, x_scale, w_scale, addend),
+                               dequantize_reference(acc, x_scale, w_scale) + addend, rtol=1e-5, atol=1e-5)
+    gate_up = torch.randn(5, 64)
+    q, scale = kernels.silu_mul_quantize(acc, x_scale, w_scale, gate_up)
+    products_fp = dequantize_reference(acc, x_scale, w_scale) + gate_up
+    assert_quantized_close((q, scale), quantize_reference(F.silu(products_fp[:, :32]) * products_fp[:, 32:]))
+    generator = torch.Generator().manual_seed(6)
+    x = torch.randint(-127, 128, (40, 96), dtype=torch.int8, generator=generator)
+    x_scale = torch.rand(40, 1, generator=generator) / 100
+    a_stack, b_stack = torch.randn(3, 8, 96, generator=generator), torch.randn(3, 50, 8, generator=generator)
+    adapter = torch.randint(-1, 3, (40,), generator=generator)
+    update = kernels.lora_update(x, x_scale, adapter, a_stack, b_stack)
+    xf = x.float() * x_scale
+    for row in range(40):
+        j = int(adapter[row])
+        expected = torch.zeros(50) if j < 0 else b_stack[j] @ (a_stack[j] @ xf[row])
+        torch.testing.assert_close(update[row], expected, rtol=1e-4, atol=1e-4)
+    for count in (1, 3):  # a row gets the same bits alone as in any batch
+        torch.testing.assert_close(kernels.lora_update(x[:count], x_scale[:count], adapter[:count], a_stack, b_stack),
+                                   update[:count], rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="adapter index 3 is out of range"):
+        kernels.lora_update(x[:1], x_scale[:1], torch.tensor([3]), a_stack, b_stack)
+    with pytest.raises(RuntimeError, match="bias must hold one float32 value per column of acc, or one per element"):
+        kernels.dequantize(acc, x_scale[:5], w_scale, torch.randn(4, 64))
+
+
 def test_bad_inputs_are_refused_with_what_was_wrong(kernels: ModuleType) -> None:
     x, weight = torch.randn(4, 8), torch.rand(8)
     with pytest.raises(RuntimeError, match="x must be a contiguous 2-D float32 CPU tensor, got Double"):

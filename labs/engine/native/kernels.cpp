@@ -415,6 +415,82 @@ void accumulate_rows(float* rows, const float* weights, const float* x, int64_t 
   }
 }
 
+// sum of a[k] * b[k], k < n, in an order fixed by n alone (lanes as in softmax_in_place), so a
+// row's result never depends on where it lies in memory or on the other rows of its batch.
+inline float dot_fixed(const float* a, const float* b, int64_t n) {
+  float lanes[kLanes] = {};
+  int64_t k = 0;
+  for (; k + kLanes <= n; k += kLanes) {
+#pragma omp simd
+    for (int64_t j = 0; j < kLanes; j++) lanes[j] += a[k + j] * b[k + j];
+  }
+  for (int64_t j = 0; k < n; k++, j++) lanes[j] += a[k] * b[k];
+  float total = 0.f;
+  for (int64_t j = 0; j < kLanes; j++) total += lanes[j];
+  return total;
+}
+
+// One row's LoRA update: t = A (x * x_scale), out = B t, with A [R, K] and B [N, R]; the R and N
+// loops are split over threads when `parallel` (few rows), else the caller splits the rows.
+void lora_row(const int8_t* x, float x_scale, const float* a, const float* b, int64_t rank, int64_t k_in, int64_t n_out,
+              float* out, bool parallel) {
+  std::vector<float> xf(k_in), t(rank);
+#pragma omp simd
+  for (int64_t k = 0; k < k_in; k++) xf[k] = static_cast<float>(x[k]) * x_scale;
+  auto down = [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; r++) t[r] = dot_fixed(a + r * k_in, xf.data(), k_in);
+  };
+  auto up = [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; n++) out[n] = dot_fixed(b + n * rank, t.data(), rank);
+  };
+  if (parallel) {
+    at::parallel_for(0, rank, 1, down);
+    at::parallel_for(0, n_out, grain_for(rank), up);
+  } else {
+    down(0, rank);
+    up(0, n_out);
+  }
+}
+
+// LoRA updates [T, N] of the step's rows from their int8 activations x [T, K] (scales [T]):
+// row i gets b_stack[j] @ (a_stack[j] @ (x[i] * x_scale[i])) with j = adapter[i], or zeros where
+// adapter[i] < 0 (a base-model row). a_stack [n, R, K] and b_stack [n, N, R] hold the resident
+// adapters (ranks padded with zeros). One call replaces the gather, matmuls and scatter per slot.
+Tensor lora_update(const Tensor& x, const Tensor& x_scale, const Tensor& adapter, const Tensor& a_stack, const Tensor& b_stack) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == torch::kInt8 && x.dim() == 2 && x.is_contiguous(),
+              "x must be a contiguous 2-D int8 CPU tensor");
+  TORCH_CHECK(x_scale.scalar_type() == torch::kFloat32 && x_scale.is_contiguous() && x_scale.numel() == x.size(0),
+              "x_scale must hold one float32 scale per row of x");
+  TORCH_CHECK(adapter.scalar_type() == torch::kInt64 && adapter.is_contiguous() && adapter.numel() == x.size(0),
+              "adapter must hold one int64 adapter index per row of x (-1: none)");
+  TORCH_CHECK(a_stack.scalar_type() == torch::kFloat32 && a_stack.dim() == 3 && a_stack.is_contiguous() && a_stack.size(2) == x.size(1),
+              "a_stack must be a contiguous float32 [adapters, rank, K] tensor");
+  TORCH_CHECK(b_stack.scalar_type() == torch::kFloat32 && b_stack.dim() == 3 && b_stack.is_contiguous() &&
+                  b_stack.size(0) == a_stack.size(0) && b_stack.size(2) == a_stack.size(1),
+              "b_stack must be a contiguous float32 [adapters, N, rank] tensor matching a_stack");
+  const int64_t rows = x.size(0), k_in = x.size(1), rank = a_stack.size(1), n_out = b_stack.size(1), count = a_stack.size(0);
+  auto out = torch::zeros({rows, n_out}, x.options().dtype(torch::kFloat32));
+  const int8_t* xp = x.data_ptr<int8_t>();
+  const float* sp = x_scale.data_ptr<float>();
+  const int64_t* ip = adapter.data_ptr<int64_t>();
+  const float* ap = a_stack.data_ptr<float>();
+  const float* bp = b_stack.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  for (int64_t i = 0; i < rows; i++) TORCH_CHECK(ip[i] < count, "adapter index ", ip[i], " is out of range (", count, " adapters)");
+  auto row = [&](int64_t i, bool parallel) {
+    if (ip[i] < 0) return;
+    lora_row(xp + i * k_in, sp[i], ap + ip[i] * rank * k_in, bp + ip[i] * n_out * rank, rank, k_in, n_out, op + i * n_out, parallel);
+  };
+  if (rows < 2 * at::get_num_threads()) {
+    for (int64_t i = 0; i < rows; i++) row(i, true);
+  } else {
+    at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; i++) row(i, false);
+    });
+  }
+  return out;
+}
+
 // Decode attention over the dense decode buffer, one (sequence, kv head) at a time: queries
 // q [>= count, heads, D] (row i's token), keys [rows, kv_heads, D, capacity] (transposed) and
 // values [rows, kv_heads, capacity, Dv], the first lengths[i] positions of row i; returns
@@ -482,5 +558,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("silu_mul_quantize", &silu_mul_quantize, "SiLU(gate) * up quantized per row", without_gil);
   m.def("store_pages", &store_pages, "the step's keys and values into the paged cache", without_gil);
   m.def("store_decode_rows", &store_decode_rows, "the decoding rows' keys and values into the decode buffer", without_gil);
+  m.def("lora_update", &lora_update, "LoRA updates of the rows with an adapter, from int8 activations", without_gil);
   m.def("decode_attention", &decode_attention, "decode attention over the dense decode buffer, batch-invariant", without_gil);
 }
