@@ -250,8 +250,8 @@ def _stack(slot: LoraSlot, parts: list[tuple[torch.Tensor, torch.Tensor] | None]
 
 
 class AdapterStack:
-    """The resident adapters' tables stacked per slot: A [n, R, in] and B [n, out, R] (ranks padded
-    with zeros, an adapter without this slot all zeros), adapter i at index i.
+    """The resident adapters' tables stacked per slot: A [n, R, in] and B transposed, [n, R, out]
+    (ranks padded with zeros, an adapter without this slot all zeros), adapter i at index i.
 
     Why: a step mixing several adapters then runs each slot as one gather, two batched matmuls and
     one scatter-add, whatever the number of adapters; each adapter's own tables are views of the
@@ -267,13 +267,13 @@ class AdapterStack:
             a0, b0 = owners[0].tables[key]
             rank = max(adapter.tables[key][0].shape[0] for adapter in owners)
             a_all = a0.new_zeros(len(adapters), rank, a0.shape[1])
-            b_all = b0.new_zeros(len(adapters), b0.shape[0], rank)
+            bt_all = b0.new_zeros(len(adapters), rank, b0.shape[0])
             for adapter in owners:
                 a, b = adapter.tables[key]
                 i, r = self.index[adapter.name], a.shape[0]
-                a_all[i, :r], b_all[i, :, :r] = a, b
-                adapter.tables[key] = (a_all[i, :r], b_all[i, :, :r])
-            self.tables[key] = (a_all, b_all)
+                a_all[i, :r], bt_all[i, :r] = a, b.t()
+                adapter.tables[key] = (a_all[i, :r], bt_all[i, :r].t())
+            self.tables[key] = (a_all, bt_all)
             self.owners[key] = {adapter.name for adapter in owners}
 
 
@@ -316,13 +316,13 @@ class LoraBatch:
 
     def delta(self, x: torch.Tensor, key: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(update, rows): the update of every row, or of the gathered rows to add at `rows`."""
+        a_all, bt_all = self.stack.tables[key]
         if self.single is not None:
-            a, b = self.stack.tables[key][0][self.stack.index[self.single]], self.stack.tables[key][1][self.stack.index[self.single]]
-            return torch.mm(torch.mm(x, a.t()), b.t()), None
-        a_all, b_all = self.stack.tables[key]
+            index = self.stack.index[self.single]
+            return torch.mm(torch.mm(x, a_all[index].t()), bt_all[index]), None
         padded = torch.cat([x, x.new_zeros(1, x.shape[1])]).index_select(0, self.gather).view(a_all.shape[0], self.width, -1)
-        update = torch.bmm(torch.bmm(padded, a_all.transpose(1, 2)), b_all.transpose(1, 2))
-        return update.view(-1, b_all.shape[1]), self.scatter
+        update = torch.bmm(torch.bmm(padded, a_all.transpose(1, 2)), bt_all)
+        return update.view(-1, bt_all.shape[2]), self.scatter
 
     def add_to(self, out: torch.Tensor, x: torch.Tensor, key: Any) -> torch.Tensor:
         """out += (x @ A.T) @ B.T, each row with its own adapter's A and B (none for base rows), in place."""

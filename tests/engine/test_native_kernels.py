@@ -159,17 +159,17 @@ def test_per_row_addends_and_lora_updates_match_pytorch(kernels: ModuleType) -> 
     x_scale = torch.rand(40, 1, generator=generator) / 100
     a_stack, b_stack = torch.randn(3, 8, 96, generator=generator), torch.randn(3, 50, 8, generator=generator)
     adapter = torch.randint(-1, 3, (40,), generator=generator)
-    update = kernels.lora_update(x, x_scale, adapter, a_stack, b_stack)
+    update = kernels.lora_update(x, x_scale, adapter, a_stack, b_stack.transpose(1, 2).contiguous())
     xf = x.float() * x_scale
     for row in range(40):
         j = int(adapter[row])
         expected = torch.zeros(50) if j < 0 else b_stack[j] @ (a_stack[j] @ xf[row])
         torch.testing.assert_close(update[row], expected, rtol=1e-4, atol=1e-4)
     for count in (1, 3):  # a row gets the same bits alone as in any batch
-        torch.testing.assert_close(kernels.lora_update(x[:count], x_scale[:count], adapter[:count], a_stack, b_stack),
-                                   update[:count], rtol=0, atol=0)
+        torch.testing.assert_close(kernels.lora_update(x[:count], x_scale[:count], adapter[:count], a_stack,
+                                                       b_stack.transpose(1, 2).contiguous()), update[:count], rtol=0, atol=0)
     with pytest.raises(RuntimeError, match="adapter index 3 is out of range"):
-        kernels.lora_update(x[:1], x_scale[:1], torch.tensor([3]), a_stack, b_stack)
+        kernels.lora_update(x[:1], x_scale[:1], torch.tensor([3]), a_stack, b_stack.transpose(1, 2).contiguous())
     with pytest.raises(RuntimeError, match="bias must hold one float32 value per column of acc, or one per element"):
         kernels.dequantize(acc, x_scale[:5], w_scale, torch.randn(4, 64))
 

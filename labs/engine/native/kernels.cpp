@@ -430,22 +430,41 @@ inline float dot_fixed(const float* a, const float* b, int64_t n) {
   return total;
 }
 
-// One row's LoRA update: t = A (x * x_scale), out = B t, with A [R, K] and B [N, R]; the R and N
-// loops are split over threads when `parallel` (few rows), else the caller splits the rows.
-void lora_row(const int8_t* x, float x_scale, const float* a, const float* b, int64_t rank, int64_t k_in, int64_t n_out,
-              float* out, bool parallel) {
-  std::vector<float> xf(k_in), t(rank);
+// LoRA updates of a group of rows sharing one adapter: t[g] = A (x[g] * x_scale[g]), out[g] = t[g] B,
+// with A [R, K] and B given transposed [R, N]. Each A and B row is read once for the whole group
+// (as in a matmul) while every output keeps the sums of a row alone: over K in dot_fixed's order,
+// then over R in order, so a row's bits never depend on its group or batch. The R and N loops are
+// split over threads when `parallel` (few groups), else the caller splits the groups.
+void lora_group(const int8_t* x, const float* x_scale, const int64_t* rows, int64_t count, const float* a, const float* b_t,
+                int64_t rank, int64_t k_in, int64_t n_out, float* out, bool parallel) {
+  std::vector<float> xf(count * k_in), t(count * rank);
+  for (int64_t g = 0; g < count; g++) {
+    const int8_t* xr = x + rows[g] * k_in;
+    const float s = x_scale[rows[g]];
 #pragma omp simd
-  for (int64_t k = 0; k < k_in; k++) xf[k] = static_cast<float>(x[k]) * x_scale;
+    for (int64_t k = 0; k < k_in; k++) xf[g * k_in + k] = static_cast<float>(xr[k]) * s;
+  }
   auto down = [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; r++) t[r] = dot_fixed(a + r * k_in, xf.data(), k_in);
+    for (int64_t r = begin; r < end; r++)
+      for (int64_t g = 0; g < count; g++) t[g * rank + r] = dot_fixed(a + r * k_in, xf.data() + g * k_in, k_in);
   };
   auto up = [&](int64_t begin, int64_t end) {
-    for (int64_t n = begin; n < end; n++) out[n] = dot_fixed(b + n * rank, t.data(), rank);
+    for (int64_t block = begin; block < end; block += 256) {  // the group's outputs of a block stay in L1
+      const int64_t stop = std::min(end, block + 256);
+      for (int64_t r = 0; r < rank; r++) {
+        const float* row = b_t + r * n_out;
+        for (int64_t g = 0; g < count; g++) {
+          const float w = t[g * rank + r];
+          float* o = out + rows[g] * n_out;
+#pragma omp simd
+          for (int64_t n = block; n < stop; n++) o[n] += w * row[n];
+        }
+      }
+    }
   };
   if (parallel) {
     at::parallel_for(0, rank, 1, down);
-    at::parallel_for(0, n_out, grain_for(rank), up);
+    at::parallel_for(0, n_out, 256, up);
   } else {
     down(0, rank);
     up(0, n_out);
@@ -453,10 +472,13 @@ void lora_row(const int8_t* x, float x_scale, const float* a, const float* b, in
 }
 
 // LoRA updates [T, N] of the step's rows from their int8 activations x [T, K] (scales [T]):
-// row i gets b_stack[j] @ (a_stack[j] @ (x[i] * x_scale[i])) with j = adapter[i], or zeros where
-// adapter[i] < 0 (a base-model row). a_stack [n, R, K] and b_stack [n, N, R] hold the resident
-// adapters (ranks padded with zeros). One call replaces the gather, matmuls and scatter per slot.
-Tensor lora_update(const Tensor& x, const Tensor& x_scale, const Tensor& adapter, const Tensor& a_stack, const Tensor& b_stack) {
+// row i gets (a_stack[j] @ (x[i] * x_scale[i])) @ bt_stack[j] with j = adapter[i], or zeros where
+// adapter[i] < 0 (a base-model row). a_stack [n, R, K] and bt_stack [n, R, N] (B transposed) hold
+// the resident adapters, ranks padded with zeros. One call replaces the dequantize, gather,
+// matmuls and scatter per slot; rows go in groups of up to kGroup sharing an adapter.
+constexpr int64_t kGroup = 8;
+
+Tensor lora_update(const Tensor& x, const Tensor& x_scale, const Tensor& adapter, const Tensor& a_stack, const Tensor& bt_stack) {
   TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == torch::kInt8 && x.dim() == 2 && x.is_contiguous(),
               "x must be a contiguous 2-D int8 CPU tensor");
   TORCH_CHECK(x_scale.scalar_type() == torch::kFloat32 && x_scale.is_contiguous() && x_scale.numel() == x.size(0),
@@ -465,27 +487,37 @@ Tensor lora_update(const Tensor& x, const Tensor& x_scale, const Tensor& adapter
               "adapter must hold one int64 adapter index per row of x (-1: none)");
   TORCH_CHECK(a_stack.scalar_type() == torch::kFloat32 && a_stack.dim() == 3 && a_stack.is_contiguous() && a_stack.size(2) == x.size(1),
               "a_stack must be a contiguous float32 [adapters, rank, K] tensor");
-  TORCH_CHECK(b_stack.scalar_type() == torch::kFloat32 && b_stack.dim() == 3 && b_stack.is_contiguous() &&
-                  b_stack.size(0) == a_stack.size(0) && b_stack.size(2) == a_stack.size(1),
-              "b_stack must be a contiguous float32 [adapters, N, rank] tensor matching a_stack");
-  const int64_t rows = x.size(0), k_in = x.size(1), rank = a_stack.size(1), n_out = b_stack.size(1), count = a_stack.size(0);
+  TORCH_CHECK(bt_stack.scalar_type() == torch::kFloat32 && bt_stack.dim() == 3 && bt_stack.is_contiguous() &&
+                  bt_stack.size(0) == a_stack.size(0) && bt_stack.size(1) == a_stack.size(1),
+              "bt_stack must be a contiguous float32 [adapters, rank, N] tensor matching a_stack");
+  const int64_t rows = x.size(0), k_in = x.size(1), rank = a_stack.size(1), n_out = bt_stack.size(2), count = a_stack.size(0);
   auto out = torch::zeros({rows, n_out}, x.options().dtype(torch::kFloat32));
+  const int64_t* ip = adapter.data_ptr<int64_t>();
+  std::vector<std::vector<int64_t>> by_adapter(count);
+  for (int64_t i = 0; i < rows; i++) {
+    TORCH_CHECK(ip[i] < count, "adapter index ", ip[i], " is out of range (", count, " adapters)");
+    if (ip[i] >= 0) by_adapter[ip[i]].push_back(i);
+  }
+  struct Group { int64_t adapter, first, count; };
+  std::vector<Group> groups;
+  for (int64_t j = 0; j < count; j++)
+    for (int64_t first = 0; first < static_cast<int64_t>(by_adapter[j].size()); first += kGroup)
+      groups.push_back({j, first, std::min<int64_t>(kGroup, by_adapter[j].size() - first)});
   const int8_t* xp = x.data_ptr<int8_t>();
   const float* sp = x_scale.data_ptr<float>();
-  const int64_t* ip = adapter.data_ptr<int64_t>();
   const float* ap = a_stack.data_ptr<float>();
-  const float* bp = b_stack.data_ptr<float>();
+  const float* bp = bt_stack.data_ptr<float>();
   float* op = out.data_ptr<float>();
-  for (int64_t i = 0; i < rows; i++) TORCH_CHECK(ip[i] < count, "adapter index ", ip[i], " is out of range (", count, " adapters)");
-  auto row = [&](int64_t i, bool parallel) {
-    if (ip[i] < 0) return;
-    lora_row(xp + i * k_in, sp[i], ap + ip[i] * rank * k_in, bp + ip[i] * n_out * rank, rank, k_in, n_out, op + i * n_out, parallel);
+  auto run = [&](const Group& group, bool parallel) {
+    lora_group(xp, sp, by_adapter[group.adapter].data() + group.first, group.count, ap + group.adapter * rank * k_in,
+               bp + group.adapter * rank * n_out, rank, k_in, n_out, op, parallel);
   };
-  if (rows < 2 * at::get_num_threads()) {
-    for (int64_t i = 0; i < rows; i++) row(i, true);
+  const int64_t num_groups = groups.size();
+  if (num_groups < 2 * at::get_num_threads()) {
+    for (const Group& group : groups) run(group, true);
   } else {
-    at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; i++) row(i, false);
+    at::parallel_for(0, num_groups, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t g = begin; g < end; g++) run(groups[g], false);
     });
   }
   return out;
