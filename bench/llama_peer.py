@@ -1,0 +1,219 @@
+"""Peer 3: llama.cpp's `llama-server`, built here from the `llama-cpp-python` sdist, over HTTP.
+
+No llama.cpp binary is on PyPI, but the `llama-cpp-python` sdist carries llama.cpp's sources
+(`vendor/llama.cpp`): `build()` downloads it with pip and builds `llama-server` with cmake for this
+machine's CPU (~15 min on 2 cores) into the labs cache folder, once. `LLAMA_SERVER` names a binary
+built elsewhere. The server runs the embedded default's own GGUF (Q4_1) with one slot per client
+(`--parallel` = the highest concurrency), `--cont-batching`, every CPU as a thread and `--no-repack`
+where the CPU has AMX (its AMX repack path crashed with an illegal instruction on such a VM).
+Requests are streamed OpenAI chat completions with `ignore_eos`, so every one runs to max_tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+from serve_peer import free_port
+from workload import LoadResult, RequestTiming
+
+READY_TIMEOUT_S = 120.0
+SDIST = "llama-cpp-python"
+
+
+def default_binary(cache_dir: Path) -> Path:
+    return cache_dir / "llama.cpp" / "bin" / "llama-server"
+
+
+def find_binary(cache_dir: Path) -> Path | None:
+    named = os.environ.get("LLAMA_SERVER")
+    if named:
+        return Path(named)
+    built = default_binary(cache_dir)
+    return built if built.is_file() else None
+
+
+def build(cache_dir: Path, log: Path) -> Path:
+    """Build llama-server from the sdist's vendored llama.cpp; the binary's path (RuntimeError if it cannot)."""
+    for tool in ("cmake", "c++"):
+        if shutil.which(tool) is None:
+            raise RuntimeError(f"{tool} is not installed (apt-get install cmake g++)")
+    target = default_binary(cache_dir)
+    with tempfile.TemporaryDirectory(prefix="llama-build-") as work, log.open("w") as out:
+        def run(*command: str, cwd: str | Path = work) -> None:
+            out.write("$ " + " ".join(command) + "\n")
+            out.flush()
+            if subprocess.run(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
+                raise RuntimeError(f"{' '.join(command[:3])} failed; see {log}")
+
+        run(sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps", SDIST, "-d", work)
+        archive = next(Path(work).glob("llama_cpp_python-*.tar.gz"))
+        with tarfile.open(archive) as tar:
+            tar.extractall(work, filter="data")
+        source = next(Path(work).glob("llama_cpp_python-*/vendor/llama.cpp"))
+        run("cmake", "-B", "build", "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_CURL=OFF", "-DGGML_NATIVE=ON", "-DLLAMA_BUILD_TESTS=OFF",
+            "-DLLAMA_BUILD_EXAMPLES=OFF", "-DCMAKE_BUILD_TYPE=Release", cwd=source)
+        run("cmake", "--build", "build", "--target", "llama-server", "-j", str(os.cpu_count() or 2), cwd=source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source / "build" / "bin" / "llama-server", target)
+        (target.parent / "VERSION").write_text(archive.name + "\n")
+    return target
+
+
+def cpu_has_amx() -> bool:
+    try:
+        return "amx_int8" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+class LlamaServer:
+    """`llama-server -m GGUF` for the duration of a `with` block (its process group stopped at the end)."""
+
+    def __init__(self, binary: Path, gguf: Path, slots: int, context_per_slot: int) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.command = [str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(self.port),
+                        "--parallel", str(slots), "--ctx-size", str(slots * context_per_slot), "--cont-batching",
+                        "--threads", str(len(os.sched_getaffinity(0))), "--no-webui"]
+        if cpu_has_amx():
+            self.command.append("--no-repack")
+        self._log = tempfile.NamedTemporaryFile("w+", prefix="llama-server-", suffix=".log", delete=False)
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> "LlamaServer":
+        self._process = subprocess.Popen(self.command, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        try:
+            while True:
+                if self._process.poll() is not None:
+                    raise RuntimeError(f"llama-server exited with code {self._process.returncode}:\n{self.log_tail()}")
+                try:
+                    if httpx.get(f"{self.base_url}/health", timeout=2).status_code == 200:
+                        return self
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"llama-server was not ready after {READY_TIMEOUT_S:.0f} s:\n{self.log_tail()}")
+                time.sleep(0.5)
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+        if isinstance(error, Exception):
+            print(f"llama-server log kept at {self._log.name}", file=sys.stderr)
+        else:
+            Path(self._log.name).unlink(missing_ok=True)
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        for sig, wait_s in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(process.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                process.wait(wait_s)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid if self._process is not None else 0
+
+    def log_tail(self, lines: int = 30) -> str:
+        self._log.flush()
+        return "\n".join(Path(self._log.name).read_text(errors="replace").splitlines()[-lines:])
+
+
+async def stream_one(client: httpx.AsyncClient, server: LlamaServer, messages: list[dict[str, str]], max_tokens: int) -> RequestTiming:
+    body = {"messages": messages, "stream": True, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True,
+            "stream_options": {"include_usage": True}}
+    timing = RequestTiming(submitted=time.perf_counter())
+    usage_tokens: int | None = None
+    async with client.stream("POST", f"{server.base_url}/v1/chat/completions", json=body) as response:
+        if response.status_code != 200:
+            raise RuntimeError(f"llama-server answered {response.status_code}: {(await response.aread())[:500]!r}")
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            payload = json.loads(line[6:])
+            for choice in payload.get("choices", []):
+                if (choice.get("delta") or {}).get("content"):
+                    timing.record(1, time.perf_counter())
+            if payload.get("usage"):
+                usage_tokens = payload["usage"].get("completion_tokens")
+    timing.finished = time.perf_counter()
+    if usage_tokens is not None:
+        timing.tokens = usage_tokens
+    return timing
+
+
+async def run_load(server: LlamaServer, conversations: list[list[dict[str, str]]], max_tokens: int, concurrency: int) -> LoadResult:
+    semaphore = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(timeout=None, limits=httpx.Limits(max_connections=concurrency + 4)) as client:
+        async def one(messages: list[dict[str, str]]) -> RequestTiming:
+            async with semaphore:
+                return await stream_one(client, server, messages, max_tokens)
+
+        started = time.perf_counter()
+        timings = await asyncio.gather(*(one(m) for m in conversations))
+        wall = time.perf_counter() - started
+    result = LoadResult("llama-server", concurrency, list(timings), wall)
+    short = [t.tokens for t in timings if t.tokens != max_tokens]
+    if short:
+        result.notes.append(f"llama-server: {len(short)} requests returned != {max_tokens} tokens (min {min(short)})")
+    return result
+
+
+async def run_for(server: LlamaServer, conversations: list[list[dict[str, str]]], max_tokens: int, concurrency: int,
+                  seconds: float) -> tuple[int, float]:
+    """Closed-loop clients for a fixed window of wall time; the streamed tokens received within it."""
+    body = {"stream": True, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True}
+    started = time.perf_counter()
+    deadline = started + seconds
+    counted = 0
+
+    async def client(http: httpx.AsyncClient, offset: int) -> None:
+        nonlocal counted
+        turn = offset
+        while time.perf_counter() < deadline:
+            payload = body | {"messages": conversations[turn % len(conversations)]}
+            async with http.stream("POST", f"{server.base_url}/v1/chat/completions", json=payload) as response:
+                async for line in response.aiter_lines():
+                    if time.perf_counter() >= deadline:
+                        return
+                    if line.startswith("data: ") and line != "data: [DONE]":
+                        counted += sum(1 for c in json.loads(line[6:]).get("choices", []) if (c.get("delta") or {}).get("content"))
+            turn += concurrency
+
+    async with httpx.AsyncClient(timeout=None, limits=httpx.Limits(max_connections=concurrency + 4)) as http:
+        await asyncio.gather(*(client(http, i) for i in range(concurrency)))
+    return counted, time.perf_counter() - started
+
+
+if __name__ == "__main__":  # uv run python bench/llama_peer.py: build llama-server into the labs cache now
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from labs.config import load_settings
+
+    cache = load_settings().paths.cache_dir
+    log_file = cache / "llama.cpp" / "build.log"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    print(build(cache, log_file))
