@@ -58,7 +58,7 @@ def build(cache_dir: Path, log: Path) -> Path:
             if subprocess.run(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
                 raise RuntimeError(f"{' '.join(command[:3])} failed; see {log}")
 
-        run(sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps", SDIST, "-d", work)
+        run(*_pip(), "download", "--no-binary", ":all:", "--no-deps", SDIST, "-d", work)
         archive = next(Path(work).glob("llama_cpp_python-*.tar.gz"))
         with tarfile.open(archive) as tar:
             tar.extractall(work, filter="data")
@@ -70,6 +70,18 @@ def build(cache_dir: Path, log: Path) -> Path:
         shutil.copy2(source / "build" / "bin" / "llama-server", target)
         (target.parent / "VERSION").write_text(archive.name + "\n")
     return target
+
+
+def _pip() -> list[str]:
+    """A pip to download the sdist with: this interpreter's, else the one on PATH (uv's venvs have none)."""
+    import importlib.util
+
+    if importlib.util.find_spec("pip") is not None:
+        return [sys.executable, "-m", "pip"]
+    for name in ("pip3", "pip"):
+        if shutil.which(name):
+            return [name]
+    raise RuntimeError("no pip found to download the llama-cpp-python sdist (python3 -m ensurepip, or apt-get install python3-pip)")
 
 
 def cpu_has_amx() -> bool:
