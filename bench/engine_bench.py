@@ -240,13 +240,21 @@ def run_llama(gguf: Path | None, cache_dir: Path, conversations: list[list[dict[
             return []
     console.print(f"[bold]llama-server[/] {binary} on {gguf.name}")
     results = []
-    with llama_peer.LlamaServer(binary, gguf, max(opts.concurrency), 512 + opts.max_tokens) as server:
+    server = llama_peer.LlamaServer(binary, gguf, max(opts.concurrency), 512 + opts.max_tokens)
+    try:
+        server.start()
+    except RuntimeError as error:
+        notes.append(f"llama-server skipped: it did not start ({str(error).splitlines()[0]})")
+        return []
+    try:
         asyncio.run(llama_peer.run_load(server, conversations[:2], 8, 2))  # warm-up
         for c in opts.concurrency:
             meter = OtherLoad([os.getpid(), server.pid])
             result = asyncio.run(llama_peer.run_load(server, conversations, opts.max_tokens, c))
             result.other_cores = meter.cores()
             results.append(progress(result))
+    finally:
+        server.__exit__(*sys.exc_info())  # stops it; keeps its log only after a failure
     return results
 
 

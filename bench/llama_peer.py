@@ -2,7 +2,7 @@
 
 No llama.cpp binary is on PyPI, but the `llama-cpp-python` sdist carries llama.cpp's sources
 (`vendor/llama.cpp`): `build()` downloads it with pip and builds `llama-server` with cmake for this
-machine's CPU (~15 min on 2 cores) into the labs cache folder, once. `LLAMA_SERVER` names a binary
+machine's CPU (7-15 min on 2 cores), linked statically, into the labs cache folder, once. `LLAMA_SERVER` names a binary
 built elsewhere. The server runs the embedded default's own GGUF (Q4_1) with one slot per client
 (`--parallel` = the highest concurrency), `--cont-batching`, every CPU as a thread and `--no-repack`
 where the CPU has AMX (its AMX repack path crashed with an illegal instruction on such a VM).
@@ -63,11 +63,11 @@ def build(cache_dir: Path, log: Path) -> Path:
         with tarfile.open(archive) as tar:
             tar.extractall(work, filter="data")
         source = next(Path(work).glob("llama_cpp_python-*/vendor/llama.cpp"))
-        run("cmake", "-B", "build", "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_CURL=OFF", "-DGGML_NATIVE=ON", "-DLLAMA_BUILD_TESTS=OFF",
+        run("cmake", "-B", "build", "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_CURL=OFF", "-DGGML_NATIVE=ON", "-DLLAMA_BUILD_TESTS=OFF", "-DBUILD_SHARED_LIBS=OFF",
             "-DLLAMA_BUILD_EXAMPLES=OFF", "-DCMAKE_BUILD_TYPE=Release", cwd=source)
         run("cmake", "--build", "build", "--target", "llama-server", "-j", str(os.cpu_count() or 2), cwd=source)
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source / "build" / "bin" / "llama-server", target)
+        shutil.copy2(source / "build" / "bin" / "llama-server", target)  # static: it needs nothing else from the build
         (target.parent / "VERSION").write_text(archive.name + "\n")
     return target
 
@@ -106,6 +106,11 @@ class LlamaServer:
         self._process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> "LlamaServer":
+        self.start()
+        return self
+
+    def start(self) -> None:
+        """Start the server and wait until it answers /health (RuntimeError with its log's tail if it does not)."""
         self._process = subprocess.Popen(self.command, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + READY_TIMEOUT_S
         try:
@@ -114,7 +119,7 @@ class LlamaServer:
                     raise RuntimeError(f"llama-server exited with code {self._process.returncode}:\n{self.log_tail()}")
                 try:
                     if httpx.get(f"{self.base_url}/health", timeout=2).status_code == 200:
-                        return self
+                        return
                 except httpx.HTTPError:
                     pass
                 if time.monotonic() > deadline:
