@@ -4,7 +4,7 @@ No llama.cpp binary is on PyPI, but the `llama-cpp-python` sdist carries llama.c
 (`vendor/llama.cpp`): `build()` downloads it with pip and builds `llama-server` with cmake for this
 machine's CPU (7-15 min on 2 cores), linked statically, into the labs cache folder, once. `LLAMA_SERVER` names a binary
 built elsewhere. The server runs the embedded default's own GGUF (Q4_1) with one slot per client
-(`--parallel` = the highest concurrency, at most MAX_SLOTS), `--cont-batching`, every CPU as a thread and `--no-repack`
+(`--parallel` = the highest concurrency), `--cont-batching`, every CPU as a thread and `--no-repack`
 where the CPU has AMX (its AMX repack path crashed with an illegal instruction on such a VM).
 Requests are streamed OpenAI chat completions with `ignore_eos`, so every one runs to max_tokens.
 """
@@ -30,10 +30,10 @@ from serve_peer import free_port
 from workload import LoadResult, RequestTiming
 
 READY_TIMEOUT_S = 120.0
-# With 32 slots this build (0.3.36's llama.cpp) exits mid-run ("cleaning up before exit", the
-# client sees the connection drop) after 2-12 requests, with or without --kv-unified or
-# --cache-ram 0; with 8 or 16 slots it serves every request. Higher concurrency queues for a slot.
-MAX_SLOTS = 16
+# This build (0.3.36's llama.cpp) exits mid-run ("cleaning up before exit"; the client sees the
+# connection drop) after a few requests when clients reuse keep-alive connections; with a fresh
+# connection per request (what curl and most scripts do) it serves them all. So: no keep-alive.
+NO_KEEPALIVE = httpx.Limits(max_keepalive_connections=0)
 SDIST = "llama-cpp-python"
 
 
@@ -101,7 +101,6 @@ class LlamaServer:
     def __init__(self, binary: Path, gguf: Path, slots: int, context_per_slot: int) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        slots = min(slots, MAX_SLOTS)
         self.command = [str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(self.port),
                         "--parallel", str(slots), "--ctx-size", str(slots * context_per_slot), "--cont-batching",
                         "--threads", str(len(os.sched_getaffinity(0))), "--no-webui"]
@@ -190,7 +189,7 @@ async def stream_one(client: httpx.AsyncClient, server: LlamaServer, messages: l
 
 async def run_load(server: LlamaServer, conversations: list[list[dict[str, str]]], max_tokens: int, concurrency: int) -> LoadResult:
     semaphore = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(timeout=None, limits=httpx.Limits(max_connections=concurrency + 4)) as client:
+    async with httpx.AsyncClient(timeout=None, limits=NO_KEEPALIVE) as client:
         async def one(messages: list[dict[str, str]]) -> RequestTiming:
             async with semaphore:
                 return await stream_one(client, server, messages, max_tokens)
@@ -226,7 +225,7 @@ async def run_for(server: LlamaServer, conversations: list[list[dict[str, str]]]
                         counted += sum(1 for c in json.loads(line[6:]).get("choices", []) if (c.get("delta") or {}).get("content"))
             turn += concurrency
 
-    async with httpx.AsyncClient(timeout=None, limits=httpx.Limits(max_connections=concurrency + 4)) as http:
+    async with httpx.AsyncClient(timeout=None, limits=NO_KEEPALIVE) as http:
         await asyncio.gather(*(client(http, i) for i in range(concurrency)))
     return counted, time.perf_counter() - started
 
