@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                     with load() if load else contextlib.nullcontext():
                         meter = OtherLoad([os.getpid(), server.pid])
                         tokens, elapsed_s = asyncio.run(llama_peer.run_for(server, conversations, max_tokens, c, seconds))
-                        window = Window(f"llama-server, {label}", c, tokens, elapsed_s, meter.cores(), len(allowed_cpus()))
+                        window = Window(f"llama-server, {label}", c, tokens, elapsed_s, meter.cores(), allowed_cpus())
                     console.print(f"  {window.label:<36} c={c:<2} {window.tokens_per_s:7.1f} tok/s")
                     windows.append(window)
                 rows.append(("llama-server (threads = CPUs)", c, *windows))
