@@ -178,14 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     table.print(console)
     console.print(f"benchmark wall time {elapsed:.0f} s")
     if args.write:
-        lines = [f"## {machine['date']} busy machine{' (quick)' if args.quick else ''}", ""]
-        lines += [f"- {key}: {value}" for key, value in machine.items() if key != "date"]
-        lines += [f"- workload: closed-loop clients over {requests} chat prompts, up to {max_tokens} output tokens "
-                  f"each, tokens counted over {seconds:.0f} s per measurement; "
-                  f"benchmark wall time {elapsed:.0f} s", "", table.markdown(), ""]
-        separator = "" if args.write.read_text().endswith("\n\n") else "\n"
-        with args.write.open("a") as handle:
-            handle.write(separator + "\n".join(lines) + "\n")
+        workload = (f"closed-loop clients over {requests} chat prompts, up to {max_tokens} output tokens each, tokens "
+                    f"counted over {seconds:.0f} s per measurement; benchmark wall time {elapsed:.0f} s")
+        report.append_section(args.write, f"busy machine{' (quick)' if args.quick else ''}", machine, workload, [table])
         console.print(f"appended to {args.write}")
     return 0
 

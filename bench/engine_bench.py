@@ -375,20 +375,10 @@ def print_report(tables: list[report.Table], notes: list[str], elapsed: float) -
 
 def write_markdown(path: Path, machine: dict[str, str], opts: Options, tables: list[report.Table],
                    notes: list[str], elapsed: float) -> None:
-    lines = [f"## {machine['date']}{' (quick smoke run)' if opts.quick else ''}", ""]
-    lines += [f"- {key}: {value}" for key, value in machine.items() if key != "date"]
-    lines += [f"- workload: {opts.requests} requests x {opts.max_tokens} output tokens, concurrency "
-              f"{', '.join(map(str, opts.concurrency))}; systems: {', '.join(sorted(opts.systems))}; "
-              f"benchmark wall time {elapsed:.0f} s", ""]
-    for table in tables:
-        lines += [table.markdown(), ""]
-    lines += [f"- {note}" for note in notes] + [""]
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("# Benchmarks\n\nSee bench/engine_bench.py for the method.\n\n")
-    separator = "" if path.read_text().endswith("\n\n") else "\n"  # a heading needs a blank line before it
-    with path.open("a") as handle:
-        handle.write(separator + "\n".join(lines) + "\n")
+    workload = (f"{opts.requests} requests x {opts.max_tokens} output tokens, concurrency "
+                f"{', '.join(map(str, opts.concurrency))}; systems: {', '.join(sorted(opts.systems))}; "
+                f"benchmark wall time {elapsed:.0f} s")
+    report.append_section(path, "(quick smoke run)" if opts.quick else "", machine, workload, tables, notes)
 
 
 if __name__ == "__main__":

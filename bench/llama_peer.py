@@ -15,21 +15,18 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 
 import httpx
 
-from serve_peer import free_port
+from serve_peer import ServerProcess, closed_loop, free_port
 from workload import LoadResult, RequestTiming
 
-READY_TIMEOUT_S = 120.0
 # This build (0.3.36's llama.cpp) exits mid-run ("cleaning up before exit"; the client sees the
 # connection drop) after a few requests when clients reuse keep-alive connections; with a fresh
 # connection per request (what curl and most scripts do) it serves them all. So: no keep-alive.
@@ -95,73 +92,20 @@ def cpu_has_amx() -> bool:
         return False
 
 
-class LlamaServer:
-    """`llama-server -m GGUF` for the duration of a `with` block (its process group stopped at the end)."""
+class LlamaServer(ServerProcess):
+    """`llama-server -m GGUF` for the duration of a `with` block."""
+
+    name = "llama-server"
 
     def __init__(self, binary: Path, gguf: Path, slots: int, context_per_slot: int) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self.command = [str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(self.port),
-                        "--parallel", str(slots), "--ctx-size", str(slots * context_per_slot), "--cont-batching",
-                        "--threads", str(len(os.sched_getaffinity(0))), "--no-webui"]
+        command = [str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(self.port),
+                   "--parallel", str(slots), "--ctx-size", str(slots * context_per_slot), "--cont-batching",
+                   "--threads", str(len(os.sched_getaffinity(0))), "--no-webui"]
         if cpu_has_amx():
-            self.command.append("--no-repack")
-        self._log = tempfile.NamedTemporaryFile("w+", prefix="llama-server-", suffix=".log", delete=False)
-        self._process: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> "LlamaServer":
-        self.start()
-        return self
-
-    def start(self) -> None:
-        """Start the server and wait until it answers /health (RuntimeError with its log's tail if it does not)."""
-        self._process = subprocess.Popen(self.command, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        try:
-            while True:
-                if self._process.poll() is not None:
-                    raise RuntimeError(f"llama-server exited with code {self._process.returncode}:\n{self.log_tail()}")
-                try:
-                    if httpx.get(f"{self.base_url}/health", timeout=2).status_code == 200:
-                        return
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"llama-server was not ready after {READY_TIMEOUT_S:.0f} s:\n{self.log_tail()}")
-                time.sleep(0.5)
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
-        self.stop()
-        if isinstance(error, Exception):
-            print(f"llama-server log kept at {self._log.name}", file=sys.stderr)
-        else:
-            Path(self._log.name).unlink(missing_ok=True)
-
-    def stop(self) -> None:
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        for sig, wait_s in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-            try:
-                os.killpg(process.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                process.wait(wait_s)
-                return
-            except subprocess.TimeoutExpired:
-                continue
-
-    @property
-    def pid(self) -> int:
-        return self._process.pid if self._process is not None else 0
-
-    def log_tail(self, lines: int = 30) -> str:
-        self._log.flush()
-        return "\n".join(Path(self._log.name).read_text(errors="replace").splitlines()[-lines:])
+            command.append("--no-repack")
+        super().__init__(command)
 
 
 async def stream_one(client: httpx.AsyncClient, server: LlamaServer, messages: list[dict[str, str]], max_tokens: int) -> RequestTiming:
@@ -188,20 +132,7 @@ async def stream_one(client: httpx.AsyncClient, server: LlamaServer, messages: l
 
 
 async def run_load(server: LlamaServer, conversations: list[list[dict[str, str]]], max_tokens: int, concurrency: int) -> LoadResult:
-    semaphore = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(timeout=None, limits=NO_KEEPALIVE) as client:
-        async def one(messages: list[dict[str, str]]) -> RequestTiming:
-            async with semaphore:
-                return await stream_one(client, server, messages, max_tokens)
-
-        started = time.perf_counter()
-        timings = await asyncio.gather(*(one(m) for m in conversations))
-        wall = time.perf_counter() - started
-    result = LoadResult("llama-server", concurrency, list(timings), wall)
-    short = [t.tokens for t in timings if t.tokens != max_tokens]
-    if short:
-        result.notes.append(f"llama-server: {len(short)} requests returned != {max_tokens} tokens (min {min(short)})")
-    return result
+    return await closed_loop(stream_one, server, conversations, max_tokens, concurrency, "llama-server", NO_KEEPALIVE)
 
 
 async def run_for(server: LlamaServer, conversations: list[list[dict[str, str]]], max_tokens: int, concurrency: int,

@@ -146,13 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     table.print(console)
     console.print(f"benchmark wall time {elapsed:.0f} s")
     if args.write:
-        lines = [f"## {machine['date']} LoRA adapters{' (quick)' if args.quick else ''}", ""]
-        lines += [f"- {key}: {value}" for key, value in machine.items() if key != "date"]
-        lines += [f"- workload: {requests} greedy chat requests of {max_tokens} output tokens per run, closed-loop clients; "
-                  f"{rounds} round(s), the two mixes alternating; benchmark wall time {elapsed:.0f} s", "", table.markdown(), ""]
-        separator = "" if args.write.read_text().endswith("\n\n") else "\n"
-        with args.write.open("a") as handle:
-            handle.write(separator + "\n".join(lines) + "\n")
+        workload = (f"{requests} greedy chat requests of {max_tokens} output tokens per run, closed-loop clients; "
+                    f"{rounds} round(s), the two mixes alternating; benchmark wall time {elapsed:.0f} s")
+        report.append_section(args.write, f"LoRA adapters{' (quick)' if args.quick else ''}", machine, workload, [table])
         console.print(f"appended to {args.write}")
     return 0
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from collections.abc import Sequence
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table as RichTable
@@ -124,3 +126,22 @@ def target_lines(results: list[LoadResult]) -> list[str]:
     if e1 and n1:
         lines.append(f"c=1 engine ÷ naive generate = {e1.tokens_per_s / n1.tokens_per_s:.2f}× (target ≥ 1.5×)")
     return lines
+
+
+def append_section(path: Path, heading: str, machine: dict[str, str], workload: str, tables: list[Table],
+                   notes: Sequence[str] = ()) -> None:
+    """Append one run to docs/benchmarks.md: `## date heading`, the machine, the workload, the tables, notes."""
+    lines = [f"## {machine['date']}{' ' + heading if heading else ''}", ""]
+    lines += [f"- {key}: {value}" for key, value in machine.items() if key != "date"]
+    lines += [f"- workload: {workload}", ""]
+    for table in tables:
+        lines += [table.markdown(), ""]
+    if notes:
+        lines += [f"- {note}" for note in notes] + [""]
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("# Benchmarks\n\nSee bench/engine_bench.py for the method.\n\n")
+    separator = "" if path.read_text().endswith("\n\n") else "\n"  # a heading needs a blank line before it
+    with path.open("a") as handle:
+        handle.write(separator + "\n".join(lines) + "\n")
+

@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Awaitable, Callable
 
 import httpx
 
@@ -39,51 +40,51 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class ServeProcess:
-    """`transformers serve FOLDER --continuous-batching` for the duration of a `with` block."""
+class ServerProcess:
+    """A peer server as a subprocess for the duration of a `with` block: started in its own process
+    group, ready once GET /health answers 200, stopped (the whole group) at the end, also on
+    Ctrl-C and errors; its log is kept only after a failure."""
 
-    def __init__(self, folder: Path, dtype: str, device: str) -> None:
-        self.folder = folder
-        self.model_id = str(folder)
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.command = [
-            str(Path(sys.executable).with_name("transformers")), "serve", self.model_id,
-            "--continuous-batching", "--dtype", dtype, "--device", device,
-            "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning",
-        ]
-        self._log = tempfile.NamedTemporaryFile("w+", prefix="transformers-serve-", suffix=".log", delete=False)
+    name = "server"
+
+    def __init__(self, command: list[str], env: dict[str, str] | None = None) -> None:
+        self.command = command
+        self.env = env
+        self._log = tempfile.NamedTemporaryFile("w+", prefix=f"{self.name}-", suffix=".log", delete=False)
         self._process: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> "ServeProcess":
-        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    def __enter__(self) -> "ServerProcess":
+        self.start()
+        return self
+
+    def start(self) -> None:
+        """Start the server and wait until it is ready (RuntimeError with its log's tail if it is not)."""
         self._process = subprocess.Popen(self.command, stdout=self._log, stderr=subprocess.STDOUT,
-                                         env=env, start_new_session=True)
+                                         env=self.env, start_new_session=True)
         try:
             self._wait_ready()
         except BaseException:
             self.stop()
             raise
-        return self
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
             assert self._process is not None
             if self._process.poll() is not None:
-                raise RuntimeError(f"transformers serve exited with code {self._process.returncode}:\n{self.log_tail()}")
+                raise RuntimeError(f"{self.name} exited with code {self._process.returncode}:\n{self.log_tail()}")
             try:
                 if httpx.get(f"{self.base_url}/health", timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
-        raise RuntimeError(f"transformers serve was not ready after {READY_TIMEOUT_S:.0f} s:\n{self.log_tail()}")
+        raise RuntimeError(f"{self.name} was not ready after {READY_TIMEOUT_S:.0f} s:\n{self.log_tail()}")
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
         if isinstance(error, Exception):  # a failure, not Ctrl-C: the server's log may say why
-            print(f"transformers serve log kept at {self._log.name}", file=sys.stderr)
+            print(f"{self.name} log kept at {self._log.name}", file=sys.stderr)
         else:
             Path(self._log.name).unlink(missing_ok=True)
 
@@ -110,6 +111,23 @@ class ServeProcess:
     def log_tail(self, lines: int = 30) -> str:
         self._log.flush()
         return "\n".join(Path(self._log.name).read_text(errors="replace").splitlines()[-lines:])
+
+
+class ServeProcess(ServerProcess):
+    """`transformers serve FOLDER --continuous-batching` for the duration of a `with` block."""
+
+    name = "transformers-serve"
+
+    def __init__(self, folder: Path, dtype: str, device: str) -> None:
+        self.folder = folder
+        self.model_id = str(folder)
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        super().__init__([
+            str(Path(sys.executable).with_name("transformers")), "serve", self.model_id,
+            "--continuous-batching", "--dtype", dtype, "--device", device,
+            "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning",
+        ], env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
 def request_body(model_id: str, messages: list[dict[str, str]], max_tokens: int) -> dict[str, object]:
@@ -143,21 +161,31 @@ async def stream_one(client: httpx.AsyncClient, server: ServeProcess, messages: 
     return timing
 
 
-async def run_load(server: ServeProcess, conversations: list[list[dict[str, str]]], max_tokens: int, concurrency: int) -> LoadResult:
+async def closed_loop(stream: Callable[..., Awaitable[RequestTiming]], server: ServerProcess,
+                      conversations: list[list[dict[str, str]]], max_tokens: int, concurrency: int, system: str,
+                      limits: httpx.Limits | None = None) -> LoadResult:
+    """`concurrency` clients send the conversations through `stream(client, server, messages, max_tokens)`,
+    each its next one when the previous has finished; requests that came back short are noted."""
     semaphore = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(timeout=None, limits=httpx.Limits(max_connections=concurrency + 4)) as client:
+    limits = limits or httpx.Limits(max_connections=concurrency + 4)
+    async with httpx.AsyncClient(timeout=None, limits=limits) as client:
         async def one(messages: list[dict[str, str]]) -> RequestTiming:
             async with semaphore:
-                return await stream_one(client, server, messages, max_tokens)
+                return await stream(client, server, messages, max_tokens)
 
         started = time.perf_counter()
         timings = await asyncio.gather(*(one(m) for m in conversations))
         wall = time.perf_counter() - started
-    result = LoadResult("transformers serve --cb", concurrency, list(timings), wall)
+    result = LoadResult(system, concurrency, list(timings), wall)
     short = [t.tokens for t in timings if t.tokens != max_tokens]
     if short:
-        result.notes.append(f"{len(short)} requests returned != {max_tokens} tokens (min {min(short)}); tok/s uses the counts received")
+        result.notes.append(f"{system}: {len(short)} requests returned != {max_tokens} tokens (min {min(short)}); "
+                            "tok/s uses the counts received")
     return result
+
+
+async def run_load(server: ServeProcess, conversations: list[list[dict[str, str]]], max_tokens: int, concurrency: int) -> LoadResult:
+    return await closed_loop(stream_one, server, conversations, max_tokens, concurrency, "transformers serve --cb")
 
 
 async def warm_up(server: ServeProcess, messages: list[dict[str, str]], max_tokens: int) -> RequestTiming:

@@ -16,8 +16,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from labs.engine.errors import EngineRequestError
-from labs.engine.lora import AdapterError, AdapterStack, LoraAdapter, LoraSlot, read_adapter
+from labs.engine.errors import AdapterError, EngineRequestError
+from labs.engine.lora import AdapterStack, LoraAdapter, LoraSlot, read_adapter
 
 logger = logging.getLogger(__name__)
 

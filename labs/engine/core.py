@@ -82,9 +82,7 @@ class EngineCore:
         budget = budget_bytes(self.config.kv_cache_memory, device)
         if not 0.0 <= self.config.decode_buffer < 1.0:
             raise EngineRequestError(f"decode_buffer must be a share of the KV cache memory in [0, 1), got {self.config.decode_buffer}")
-        slots = lora_slots_for(model, self.config)
-        dtype = model.get_input_embeddings().weight.dtype
-        lora_bytes = lora_reserve_bytes(model, self.config)
+        slots, lora_bytes = lora_reservation(model, self.config)
         if lora_bytes and lora_bytes >= budget:
             raise EngineRequestError(
                 f"{self.config.max_loras} adapters of rank {self.config.max_lora_rank} need {lora_bytes / 1024**2:.0f} MiB, "
@@ -104,7 +102,8 @@ class EngineCore:
         self.runner = ModelRunner(model, self.cache, self.allocator, self.config.fused_forward, buffer_bytes, self.config.max_num_seqs,
                                   self.config.native_kernels, self.config.native_cache_dir)
         verify_engine_matches_model(self)  # refuses a model the engine would run wrong
-        self.adapters = AdapterSet(model, slots, self.config.max_loras, self.config.max_lora_rank, dtype, device)
+        self.adapters = AdapterSet(model, slots, self.config.max_loras, self.config.max_lora_rank,
+                                   model.get_input_embeddings().weight.dtype, device)
         if slots:
             self.runner.serve_adapters(self.adapters)
         self.scheduler = Scheduler(self.allocator, self.config.max_num_seqs, self.config.max_batched_tokens,
@@ -418,10 +417,11 @@ def lora_slots_for(model: Any, config: EngineConfig) -> list[LoraSlot]:
     return module_slots(model)
 
 
-def lora_reserve_bytes(model: Any, config: EngineConfig) -> int:
-    """The memory `config` sets aside (from the KV budget) for its resident adapters."""
+def lora_reservation(model: Any, config: EngineConfig) -> tuple[list[LoraSlot], int]:
+    """Where adapters apply, and the memory `config` sets aside (from the KV budget) for its resident ones."""
+    slots = lora_slots_for(model, config)
     dtype = model.get_input_embeddings().weight.dtype
-    return config.max_loras * slot_bytes(lora_slots_for(model, config), config.max_lora_rank, dtype)
+    return slots, config.max_loras * slot_bytes(slots, config.max_lora_rank, dtype)
 
 
 def eos_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:

@@ -17,6 +17,10 @@ class EngineRequestError(LabsError):
     exit_code = 2
 
 
+class AdapterError(EngineRequestError):
+    """An adapter that cannot be served on this base model, with what is wrong."""
+
+
 class EngineOverloadedError(LabsError):
     """The waiting queue is full; try again shortly (the API answers 503 with Retry-After)."""
 

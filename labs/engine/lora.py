@@ -27,7 +27,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from labs.engine.errors import EngineRequestError
+from labs.engine.errors import AdapterError
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +35,6 @@ CONFIG_FILE = "adapter_config.json"
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 _PREFIX = "base_model.model."
 _load_ids = itertools.count(1)
-
-
-class AdapterError(EngineRequestError):
-    """An adapter that cannot be served on this base model, with what is wrong."""
 
 
 @dataclass(frozen=True)

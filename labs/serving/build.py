@@ -7,7 +7,7 @@ from dataclasses import replace
 from typing import Any, Callable
 
 from labs.config import Settings
-from labs.engine.core import EngineConfig, lora_reserve_bytes
+from labs.engine.core import EngineConfig, lora_reservation
 from labs.engine.defaults import engine_config_from_settings
 from labs.engine.kv_cache import cache_shape_for
 from labs.models import LoadedModel
@@ -42,7 +42,7 @@ def _one_conversation(settings: Settings) -> Callable[[LoadedModel], EngineConfi
             return replace(engine_config_from_settings(settings), max_loras=1)
         per_token = cache_shape_for(loaded.model, loaded.context_length).bytes_per_token
         config = replace(engine_config_from_settings(settings, page_bytes=(loaded.context_length + 64) * per_token), max_loras=1)
-        return replace(config, kv_cache_memory=config.kv_cache_memory + lora_reserve_bytes(loaded.model, config))
+        return replace(config, kv_cache_memory=config.kv_cache_memory + lora_reservation(loaded.model, config)[1])
 
     return sizing
 

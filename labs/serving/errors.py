@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from labs.engine.errors import EngineDeadError, EngineOverloadedError, EngineRequestError
-from labs.engine.errors import UnsupportedModelError
+from labs.engine.errors import AdapterError, UnsupportedModelError
 from labs.engine.sampling import SamplingParamsError
 from labs.errors import LabsError
 
 # The engine's errors, as the edges see them (they map them to statuses without importing the engine).
-__all__ = ["EngineDeadError", "EngineOverloadedError", "EngineRequestError", "GenerationFailedError",
+__all__ = ["AdapterError", "EngineDeadError", "EngineOverloadedError", "EngineRequestError", "GenerationFailedError",
            "InvalidTurnError", "SamplingParamsError", "TurnAbortedError", "UnsupportedModelError"]
 
 

@@ -26,7 +26,8 @@ from labs.config import DEFAULT_MODEL_ALIAS, Settings
 from labs.engine.core import EngineConfig
 from labs.engine.engine import Engine
 from labs.engine.torch_thread import torch_thread
-from labs.engine.lora import AdapterError, adapter_base, is_adapter_folder
+from labs.engine.errors import AdapterError
+from labs.engine.lora import adapter_base, is_adapter_folder
 from labs.errors import LabsError, ModelLoadError
 from labs.models import LoadedModel, load_model
 from labs.models.embedded import EMBEDDED_CHAT_MODELS
@@ -74,7 +75,6 @@ class AdapterEntry:
 
     base_id: str
     path: Path
-    runtime: bool = False  # loaded through the API rather than configured
 
 
 @dataclass(eq=False)
@@ -98,6 +98,10 @@ class ServedModel:
     @property
     def context_length(self) -> int:
         return self.loaded.context_length
+
+    def as_adapter(self, name: str) -> "ServedModel":
+        """This base model as requests for its adapter `name` see it (same engine, the adapter's id)."""
+        return replace(self, id=name, adapter=name)
 
     @property
     def recommended(self) -> dict:
@@ -188,7 +192,7 @@ class ModelRegistry:
         if entry is None:
             return self._loaded.get(model_id)
         served = self._loaded.get(entry.base_id)
-        return None if served is None else replace(served, id=model_id, adapter=model_id)
+        return None if served is None else served.as_adapter(model_id)
 
     def loaded_models(self) -> list[ServedModel]:
         return list(self._loaded.values())
@@ -208,7 +212,7 @@ class ModelRegistry:
         try:
             if entry is not None:
                 await self._register_adapter(served, model_id, entry)
-                yield replace(served, id=model_id, adapter=model_id)
+                yield served.as_adapter(model_id)
             else:
                 yield served
         finally:
@@ -234,7 +238,7 @@ class ModelRegistry:
         base_id = self.resolve_id(base)
         if base_id in self._adapters:
             raise AdapterError(f"the base model {base!r} is itself an adapter; give the model the adapter was trained on")
-        entry = AdapterEntry(base_id, Path(path), runtime=True)
+        entry = AdapterEntry(base_id, Path(path))
         async with self.use(base_id) as served:
             await asyncio.wrap_future(served.engine.load_adapter(name, entry.path))
         self._adapters[name] = entry

@@ -15,7 +15,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from labs.engine.core import EngineCore
 from labs.engine.errors import EngineRequestError
-from labs.engine.lora import AdapterError
+from labs.engine.errors import AdapterError
 from labs.engine.sampling import SamplingParams
 from labs.models.int8 import quantize_linears_int8
 

@@ -13,8 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from labs.api.errors import APIError, bad_request
 from labs.api.security import require_api_key
 from labs.api.state import ServerState, get_state
-from labs.engine.errors import EngineRequestError
-from labs.engine.lora import AdapterError
+from labs.serving.errors import AdapterError, EngineRequestError
 from labs.serving.models import AdapterNameTakenError
 
 router = APIRouter(dependencies=[Depends(require_api_key)], tags=["OpenAI"])
