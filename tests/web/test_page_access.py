@@ -59,21 +59,23 @@ def test_a_busy_server_is_reported_with_when_to_try_again(keyed_page: Page) -> N
     keyed_page.open()
     body = {"messages": [{"role": "user", "content": "count"}], "max_tokens": 2000, "ignore_eos": True, "stream": True}
     headers = {"Authorization": f"Bearer {API_KEY}"}
-    started, release = threading.Barrier(3), threading.Event()
+    release = threading.Event()
 
     def occupy() -> None:  # one running, one queued: the page's request is the one too many
         with httpx.Client(base_url=keyed_page.url, timeout=120, headers=headers) as client:
             with client.stream("POST", "/v1/chat/completions", json=body) as response:
-                started.wait()
                 for _ in response.iter_lines():
                     if release.is_set():
                         break  # closing the connection stops the request on the server
 
+    engine = keyed_page.server.engine()
     threads = [threading.Thread(target=occupy, daemon=True) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    started.wait()
-    keyed_page.wait(lambda d: keyed_page.server.engine().stats().waiting == 1)
+    # One after the other: two sent together can both count as waiting before the engine takes the first,
+    # and the second is then refused as one too many.
+    threads[0].start()
+    keyed_page.wait(lambda d: engine.stats().running == 1)
+    threads[1].start()
+    keyed_page.wait(lambda d: engine.stats().waiting == 1)
     ask(keyed_page, "Hello")
     answer = wait_answered(keyed_page)
     error = text_of(answer, ".error-box")
