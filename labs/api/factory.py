@@ -53,6 +53,17 @@ async def _unload_idle_models(state: ServerState) -> None:
             logger.exception("unloading idle models failed")
 
 
+async def _load_embeddings_in_background(state: ServerState) -> None:
+    """Load the embedding model while the server already answers: its first user must not wait for it.
+    A failure is logged here and reported again, with its reason, to the first request that needs the model."""
+    try:
+        await state.embeddings.model()
+    except asyncio.CancelledError:
+        raise
+    except Exception as error:  # noqa: BLE001 - the request that needs the model gets the error
+        logger.warning("the embedding model %s could not be loaded at start: %s", state.embeddings.model_id, error)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The app for `settings` (default: the configuration from labs.toml, the environment and .env)."""
     settings = settings or load_settings({})
@@ -64,12 +75,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             logger.info("preloading %s before accepting traffic", state.models.default_id)
             async with state.models.use(None):
                 pass
-        sweeper = asyncio.create_task(_unload_idle_models(state))
+        tasks = [asyncio.create_task(_unload_idle_models(state))]
+        if settings.embeddings.load_on_start:
+            tasks.append(asyncio.create_task(_load_embeddings_in_background(state)))
         try:
             yield
         finally:
-            sweeper.cancel()
-            await asyncio.gather(sweeper, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await asyncio.to_thread(state.documents.close)
             await state.embeddings.close()
             await state.models.shutdown()

@@ -397,6 +397,10 @@ KEYS: tuple[Key, ...] = (
     _key("embeddings", "batch_size", integer_at_least(1), 64,
          "Texts encoded together; concurrent requests are batched up to this many.",
          env="LABS_EMBEDDING_BATCH_SIZE"),
+    _key("embeddings", "load_on_start", _boolean, True,
+         "labs-api loads the embedding model in the background as it starts, so the first embedding "
+         "request (or document search) does not wait for it. Off: loaded on first use.",
+         env="LABS_EMBEDDING_LOAD_ON_START"),
     # [rag]
     _key("rag", "enabled", _boolean, True,
          "Answer questions about your transactions (and, when asked, your documents) from your own data; "

@@ -67,7 +67,8 @@ def write_settings(folder: Path, toml: str = "", **env: str) -> Any:
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / "labs.toml"
     config.write_text(toml)
-    environ = {"LABS_CONFIG": str(config), "LABS_HOME": str(folder / "home"), **env}
+    # Test servers load the embedding model when a test asks for it, not each at start (one process, one torch thread).
+    environ = {"LABS_CONFIG": str(config), "LABS_HOME": str(folder / "home"), "LABS_EMBEDDING_LOAD_ON_START": "false", **env}
     return load_settings({}, environ=environ, cwd=folder)
 
 

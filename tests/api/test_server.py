@@ -306,6 +306,41 @@ def test_long_embedding_input_is_truncated_and_flagged(smol_server: LiveServer) 
     assert response.json()["truncated_inputs"] == [1]
 
 
+def test_the_embedding_model_loads_in_the_background_at_start(tiny_settings_factory: Any) -> None:
+    server = start_server(tiny_settings_factory(LABS_EMBEDDING_LOAD_ON_START="true"))
+    try:
+        deadline = time.monotonic() + 120
+        with server.client() as client:
+            assert client.get("/health").status_code == 200  # the server answers while the model loads
+            while not server.state.embeddings.loaded:  # no request asked for it
+                assert time.monotonic() < deadline, "the embedding model was not loaded at start"
+                time.sleep(0.05)
+            response = client.post("/v1/embeddings", json={"input": "hello"})
+        assert response.status_code == 200 and len(response.json()["data"][0]["embedding"]) == 384
+    finally:
+        server.stop()
+
+
+def test_an_embedding_model_that_cannot_load_at_start_is_reported_to_its_first_request(
+        tiny_settings_factory: Any, tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    missing = tmp_path / "no-such-embedding-model"
+    server = start_server(tiny_settings_factory(LABS_EMBEDDING_LOAD_ON_START="true", LABS_EMBEDDING_MODEL=str(missing)))
+    try:
+        deadline = time.monotonic() + 60
+        while "could not be loaded at start" not in caplog.text:
+            assert time.monotonic() < deadline, caplog.text
+            time.sleep(0.05)
+        assert str(missing) in caplog.text
+        with server.client() as client:
+            assert client.get("/health").status_code == 200
+            # the server's own configuration is at fault: a server error whose incident the log explains
+            error = error_of(client.post("/v1/embeddings", json={"input": "hello"}), 500)
+            assert error["code"] == "model_load_failed"
+            assert client.post("/v1/chat/completions", json={"messages": HELLO, "max_tokens": 2}).status_code == 200
+    finally:
+        server.stop()
+
+
 def test_tokenize_and_detokenize_round_trip(smol_server: LiveServer) -> None:
     with smol_server.client() as client:
         tokens = client.post("/v1/tokenize", json={"prompt": "Hello world"}).json()
