@@ -19,7 +19,11 @@ from labs import __version__
 from labs.api.errors import install_error_handlers
 from labs.api.metrics import Metrics
 from labs.api.middleware import BodySizeLimit, RequestMetrics
-from labs.api.routes import chat, completions, embeddings, messages, models, ollama, ops, rag, responses, simple, tokens
+from labs.api.batch_runner import BatchRunner
+from labs.api.batch_store import BatchStore
+from labs.api.file_store import FileStore
+from labs.api.routes import (batches, chat, completions, embeddings, messages, models, ollama, ops, rag, responses, simple,
+                             tokens)
 from labs.api.routes.page import mount_page
 from labs.api.state import ServerState
 from labs.config import Settings, load_settings
@@ -75,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             logger.info("preloading %s before accepting traffic", state.models.default_id)
             async with state.models.use(None):
                 pass
+        await state.batches.start()
         tasks = [asyncio.create_task(_unload_idle_models(state))]
         if settings.embeddings.load_on_start:
             tasks.append(asyncio.create_task(_load_embeddings_in_background(state)))
@@ -84,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await state.batches.close()
             await asyncio.to_thread(state.documents.close)
             await state.embeddings.close()
             await state.models.shutdown()
@@ -93,13 +99,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="labs", version=__version__, description=DESCRIPTION, lifespan=lifespan,
                   strict_content_type=False)
     app.state.labs = state
+    home = settings.paths.home
+    state.batches = BatchRunner(app, BatchStore(home / "batches"), FileStore(home / "files", settings.server.max_file_size),
+                                concurrency=settings.engine.max_num_seqs)
     install_error_handlers(app)
-    for module in (chat, responses, completions, embeddings, models, tokens, simple, rag, ops, messages, ollama):
+    for module in (chat, responses, completions, embeddings, models, tokens, simple, rag, ops, messages, ollama, batches):
         app.include_router(module.router)
     mount_page(app)
     if settings.server.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.server.cors_origins), allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["Retry-After", "X-Labs-Truncated-Inputs"])
-    app.add_middleware(BodySizeLimit, max_bytes=settings.server.max_body_size)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.server.max_body_size,
+                       # the form around the file takes a few bytes more; the file store checks the file itself
+                       uploads={"/v1/files": (settings.server.max_file_size + 1024**2, "LABS_MAX_FILE_SIZE")})
     app.add_middleware(RequestMetrics, metrics=state.metrics)
     return app

@@ -18,28 +18,29 @@ class _TooLarge(StarletteHTTPException):
 
 
 class BodySizeLimit:
-    """413 for bodies over the limit, judged by Content-Length and by the bytes actually received."""
+    """413 for bodies over the limit, judged by Content-Length and by the bytes actually received.
+    `uploads` gives paths that take files (POST /v1/files) their own limit and the setting that sets it."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, uploads: dict[str, tuple[int, str]] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
-
-    def _error(self) -> APIError:
-        return APIError(413, f"the request body is larger than the server's limit of {self.max_bytes} bytes "
-                             "(LABS_MAX_BODY_SIZE)", code="request_too_large")
+        self.uploads = uploads or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes, setting = self.uploads.get(scope.get("path", ""), (self.max_bytes, "LABS_MAX_BODY_SIZE"))
+        too_large = APIError(413, f"the request body is larger than the server's limit of {max_bytes} bytes ({setting})",
+                             code="request_too_large")
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:
                     declared = int(value)
                 except ValueError:
                     declared = 0
-                if declared > self.max_bytes:
-                    await _send_error(send, self._error())
+                if declared > max_bytes:
+                    await _send_error(send, too_large)
                     return
         received = 0
         started = False
@@ -49,8 +50,8 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise _TooLarge(413, self._error().message)
+                if received > max_bytes:
+                    raise _TooLarge(413, too_large.message)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -63,7 +64,7 @@ class BodySizeLimit:
             await self.app(scope, limited_receive, tracking_send)
         except _TooLarge:
             if not started:
-                await _send_error(send, self._error())
+                await _send_error(send, too_large)
 
 
 async def _send_error(send: Send, error: APIError) -> None:

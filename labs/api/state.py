@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from fastapi import Request
 
@@ -14,6 +15,9 @@ from labs.serving.models import ModelRegistry
 from labs.serving.sampling import Limits
 from labs.serving.transactions import TransactionsService
 from labs.serving.turns import Serving
+
+if TYPE_CHECKING:
+    from labs.api.batch_runner import BatchRunner
 
 
 @dataclass
@@ -28,6 +32,7 @@ class ServerState:
     limits: Limits = field(init=False)
     transactions: TransactionsService = field(init=False)
     documents: DocumentsService = field(init=False)
+    batches: BatchRunner = field(init=False)  # needs the app: set by create_app
 
     def __post_init__(self) -> None:
         core = self.serving

@@ -1,0 +1,355 @@
+"""Runs batch jobs: each line of the input file is sent to the server's own endpoint, in-process.
+
+Why through the app: a batch line must behave exactly as the same request sent over HTTP (the
+same validation, limits, errors and response body), and the app is the one place that defines
+that. The requests never leave the process (httpx's ASGI transport) and carry a per-process token
+instead of a client's key, so no key is ever stored with a job.
+
+A job goes validating -> in_progress -> finalizing -> completed (or failed when its input file
+cannot be used at all; cancelling -> cancelled on request). Lines that are not valid requests go
+to the error file with the reason, and the rest of the job goes on. A busy server (429/503) is
+waited for, never a failed line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import secrets
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from openai.types import Batch
+from openai.types.batch import Errors
+from openai.types.batch_error import BatchError
+from openai.types.batch_request_counts import BatchRequestCounts
+from openai.types.batch_usage import BatchUsage
+
+from labs.api.batch_store import UNFINISHED, BatchStore, JobRecord, new_batch_id
+from labs.api.file_store import FileStore
+
+logger = logging.getLogger(__name__)
+
+ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses")
+TOKEN_HEADER = "x-labs-batch-token"
+MAX_LINES = 50_000  # as OpenAI
+_MAX_WAIT_SECONDS = 30.0  # longest pause when the server says it is busy
+_SAVE_EVERY_SECONDS = 1.0  # progress counts reach the record at most this often (the result files are the truth)
+
+
+@dataclass(frozen=True)
+class BatchLine:
+    number: int  # 1-based line of the input file
+    custom_id: str
+    body: dict[str, Any]
+
+
+def parse_lines(data: bytes, endpoint: str) -> tuple[list[BatchLine], list[dict[str, Any]], int]:
+    """The valid requests of an input file, an error record for each line that is not one, and the
+    number of request lines. Raises ValueError when the file as a whole cannot be read."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"the input file is not UTF-8 text (byte {error.start})") from None
+    valid: list[BatchLine] = []
+    problems: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    count = 0
+    for number, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        count += 1
+        custom_id, problem = None, None
+        try:
+            line = json.loads(raw)
+        except ValueError as error:
+            line, problem = None, f"not valid JSON ({error})"
+        if isinstance(line, dict):
+            custom_id = line.get("custom_id") if isinstance(line.get("custom_id"), str) and line.get("custom_id") else None
+            problem = _line_problem(line, endpoint, custom_id, seen)
+        elif problem is None:
+            problem = "each line must be a JSON object with custom_id, method, url and body"
+        if problem is None:
+            seen.add(custom_id)
+            valid.append(BatchLine(number, custom_id, line["body"]))
+        else:
+            problems.append(error_record(custom_id, "invalid_request", f"line {number}: {problem}"))
+    return valid, problems, count
+
+
+def _line_problem(line: dict[str, Any], endpoint: str, custom_id: str | None, seen: set[str]) -> str | None:
+    if custom_id is None:
+        return "custom_id must be a non-empty string"
+    if custom_id in seen:
+        return f"custom_id {custom_id!r} is used by an earlier line; each line needs its own"
+    if line.get("method") != "POST":
+        return f"method must be \"POST\", got {line.get('method')!r}"
+    if line.get("url") != endpoint:
+        return f"url must be the batch's endpoint {endpoint!r}, got {line.get('url')!r}"
+    if not isinstance(line.get("body"), dict):
+        return "body must be a JSON object (the request body for the endpoint)"
+    if line["body"].get("stream"):
+        return "stream is not available in a batch: results are written to the output file"
+    return None
+
+
+def error_record(custom_id: str | None, code: str, message: str) -> dict[str, Any]:
+    return {"id": f"batch_req_{secrets.token_hex(12)}", "custom_id": custom_id, "response": None,
+            "error": {"code": code, "message": message}}
+
+
+def _usage_of(body: Any) -> tuple[int, int, int, int]:
+    """(input, output, cached input, reasoning) tokens of one response body, whatever its endpoint."""
+    usage = body.get("usage") if isinstance(body, dict) else None
+    if not isinstance(usage, dict):
+        return 0, 0, 0, 0
+    prompt = usage.get("prompt_tokens", usage.get("input_tokens", 0)) or 0
+    completion = usage.get("completion_tokens", usage.get("output_tokens", 0)) or 0
+    cached = (usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}).get("cached_tokens", 0) or 0
+    reasoning = (usage.get("completion_tokens_details") or usage.get("output_tokens_details") or {}).get("reasoning_tokens", 0) or 0
+    return prompt, completion, cached, reasoning
+
+
+class BatchRunner:
+    def __init__(self, app: Any, store: BatchStore, files: FileStore, concurrency: int) -> None:
+        self.app = app
+        self.store = store
+        self.files = files
+        self.concurrency = max(1, concurrency)
+        self.token = secrets.token_urlsafe(32)  # lets this process's own batch requests through, nothing else
+        self._live: dict[str, JobRecord] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._stop: dict[str, asyncio.Event] = {}
+
+    async def start(self) -> None:
+        """Resume the jobs a previous run of the server left unfinished."""
+        for record in self.store.all():
+            if record.batch.status in UNFINISHED:
+                logger.info("resuming batch %s (%s)", record.batch.id, record.batch.status)
+                self._launch(record)
+
+    async def close(self) -> None:
+        """Stop running jobs where they are; the next start resumes them."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def create(self, input_file_id: str, endpoint: str, completion_window: str, metadata: dict[str, str] | None) -> Batch:
+        batch = Batch(id=new_batch_id(), object="batch", endpoint=endpoint, input_file_id=input_file_id,
+                      completion_window=completion_window, status="validating", created_at=int(time.time()),
+                      metadata=metadata, request_counts=BatchRequestCounts(total=0, completed=0, failed=0))
+        record = JobRecord(batch)
+        self.store.save(record)
+        self._launch(record)
+        return batch
+
+    def get(self, batch_id: str) -> Batch | None:
+        live = self._live.get(batch_id)
+        if live is not None:
+            return live.batch
+        record = self.store.get(batch_id)
+        return record.batch if record is not None else None
+
+    def list(self) -> list[Batch]:
+        batches = [self._live[r.batch.id].batch if r.batch.id in self._live else r.batch for r in self.store.all()]
+        return sorted(batches, key=lambda b: (b.created_at, b.id), reverse=True)
+
+    def reads_file(self, file_id: str) -> bool:
+        return any(record.batch.input_file_id == file_id for record in self._live.values())
+
+    def cancel(self, batch_id: str) -> Batch | None:
+        record = self._live.get(batch_id)
+        if record is None:
+            stored = self.store.get(batch_id)
+            return stored.batch if stored is not None else None
+        if record.batch.status in ("validating", "in_progress"):
+            record.batch.status = "cancelling"
+            record.batch.cancelling_at = int(time.time())
+            self.store.save(record)
+            self._stop[batch_id].set()
+        return record.batch
+
+    def _launch(self, record: JobRecord) -> None:
+        batch_id = record.batch.id
+        self._live[batch_id] = record
+        self._stop[batch_id] = asyncio.Event()
+        if record.batch.status == "cancelling":
+            self._stop[batch_id].set()
+        task = asyncio.create_task(self._run(record), name=f"batch {batch_id}")
+        self._tasks[batch_id] = task
+
+        def forget(_: asyncio.Task[None]) -> None:
+            self._tasks.pop(batch_id, None)
+            self._stop.pop(batch_id, None)
+            if record.batch.status not in UNFINISHED:
+                self._live.pop(batch_id, None)
+
+        task.add_done_callback(forget)
+
+    async def _run(self, record: JobRecord) -> None:
+        batch = record.batch
+        try:
+            if batch.status == "validating":
+                await self._validate(record)
+            if batch.status == "in_progress":
+                await self._execute(record)
+            if batch.status in ("in_progress", "finalizing"):
+                self._finalize(record, "completed")
+            elif batch.status == "cancelling":
+                self._finalize(record, "cancelled")
+        except asyncio.CancelledError:
+            self.store.save(record)  # the server is stopping: counts as far as they got; resumed at the next start
+            raise
+        except Exception as error:  # noqa: BLE001 - a job that cannot go on is failed, with the reason
+            logger.exception("batch %s failed", batch.id)
+            self._fail(record, "batch_failed", f"the batch stopped: {error}")
+
+    async def _validate(self, record: JobRecord) -> None:
+        batch = record.batch
+        errors = self.store.errors(batch.id)
+        errors.reset()  # a validation cut short by a restart starts again
+        self.store.output(batch.id).reset()
+        try:
+            valid, problems, count = parse_lines(await asyncio.to_thread(self._input_bytes, batch), batch.endpoint)
+        except ValueError as error:
+            self._fail(record, "invalid_file", str(error))
+            return
+        if count == 0:
+            self._fail(record, "empty_file", "the input file holds no requests (one JSON object per line)")
+            return
+        if count > MAX_LINES:
+            self._fail(record, "too_many_requests", f"the input file holds {count} requests; a batch takes at most {MAX_LINES}")
+            return
+        for problem in problems:
+            errors.append(problem)
+        record.validation_errors = len(problems)
+        batch.request_counts = BatchRequestCounts(total=count, completed=0, failed=len(problems))
+        if batch.status == "validating":  # not cancelled meanwhile
+            batch.status = "in_progress"
+            batch.in_progress_at = int(time.time())
+        self.store.save(record)
+        logger.info("batch %s: %d requests to %s (%d refused as invalid)", batch.id, count, batch.endpoint, len(problems))
+
+    def _input_bytes(self, batch: Batch) -> bytes:
+        if self.files.get(batch.input_file_id) is None:
+            raise ValueError(f"the input file {batch.input_file_id} no longer exists")
+        return self.files.data_path(batch.input_file_id).read_bytes()
+
+    async def _execute(self, record: JobRecord) -> None:
+        batch, stop = record.batch, self._stop[record.batch.id]
+        output, errors = self.store.output(batch.id), self.store.errors(batch.id)
+        done_lines, failed_lines = output.lines(), errors.lines()
+        done = {line["custom_id"] for line in done_lines} | {line["custom_id"] for line in failed_lines[record.validation_errors:]}
+        usage = [0, 0, 0, 0]
+        for line in done_lines:
+            for index, value in enumerate(_usage_of(line["response"]["body"])):
+                usage[index] += value
+        self._set_usage(batch, usage)
+        batch.request_counts = BatchRequestCounts(total=batch.request_counts.total, completed=len(done_lines), failed=len(failed_lines))
+        valid, _, _ = parse_lines(await asyncio.to_thread(self._input_bytes, batch), batch.endpoint)
+        todo = deque(line for line in valid if line.custom_id not in done)
+        last_save = time.monotonic()
+
+        async def worker(client: httpx.AsyncClient) -> None:
+            nonlocal last_save
+            while todo and not stop.is_set():
+                line = todo.popleft()
+                result = await self._send(client, batch.endpoint, line, stop)
+                if result is None:
+                    return  # cancelled while the server was busy
+                counts = batch.request_counts
+                if result["response"]["status_code"] < 300:
+                    output.append(result)
+                    for index, value in enumerate(_usage_of(result["response"]["body"])):
+                        usage[index] += value
+                    self._set_usage(batch, usage)
+                    batch.request_counts = BatchRequestCounts(total=counts.total, completed=counts.completed + 1, failed=counts.failed)
+                else:
+                    errors.append(result)
+                    batch.request_counts = BatchRequestCounts(total=counts.total, completed=counts.completed, failed=counts.failed + 1)
+                if time.monotonic() - last_save > _SAVE_EVERY_SECONDS:
+                    self.store.save(record)
+                    last_save = time.monotonic()
+
+        transport = httpx.ASGITransport(app=self.app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://labs.batch", timeout=None) as client:
+            workers = [asyncio.create_task(worker(client)) for _ in range(min(self.concurrency, len(todo)) or 1)]
+            finished = asyncio.gather(*workers)
+            stopped = asyncio.create_task(stop.wait())
+            try:
+                await asyncio.wait([finished, stopped], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (*workers, stopped):
+                    task.cancel()  # a cancelled job's requests in flight are aborted, not waited for
+                results = await asyncio.gather(*workers, stopped, return_exceptions=True)
+            for result in results:
+                if isinstance(result, Exception) and not isinstance(result, asyncio.CancelledError):
+                    raise result
+        if batch.status == "in_progress":
+            batch.status = "finalizing"
+            batch.finalizing_at = int(time.time())
+        self.store.save(record)
+
+    async def _send(self, client: httpx.AsyncClient, endpoint: str, line: BatchLine, stop: asyncio.Event) -> dict[str, Any] | None:
+        while True:
+            response = await client.post(endpoint, json=line.body, headers={TOKEN_HEADER: self.token})
+            if response.status_code in (429, 503):  # busy: wait as long as the server asks, then again
+                try:
+                    delay = float(response.headers.get("retry-after", "1"))
+                except ValueError:
+                    delay = 1.0
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=min(max(delay, 0.1), _MAX_WAIT_SECONDS))
+                    return None
+                except asyncio.TimeoutError:
+                    continue
+            break
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"error": {"message": response.text, "type": "server_error", "param": None, "code": None}}
+        return {"id": f"batch_req_{secrets.token_hex(12)}", "custom_id": line.custom_id,
+                "response": {"status_code": response.status_code, "request_id": f"req_{secrets.token_hex(12)}", "body": body},
+                "error": None}
+
+    @staticmethod
+    def _set_usage(batch: Batch, usage: list[int]) -> None:
+        prompt, completion, cached, reasoning = usage
+        batch.usage = BatchUsage.model_validate({
+            "input_tokens": prompt, "output_tokens": completion, "total_tokens": prompt + completion,
+            "input_tokens_details": {"cached_tokens": cached}, "output_tokens_details": {"reasoning_tokens": reasoning}})
+
+    def _finalize(self, record: JobRecord, status: str) -> None:
+        """Publish the result files as stored files and close the job. Safe to repeat after a restart:
+        the files' ids follow from the batch's, so a second run finds what the first one moved."""
+        batch = record.batch
+        batch.output_file_id = self._publish(batch.id, "output", self.store.output(batch.id).path)
+        batch.error_file_id = self._publish(batch.id, "errors", self.store.errors(batch.id).path)
+        batch.status = status  # type: ignore[assignment]
+        now = int(time.time())
+        if status == "completed":
+            batch.completed_at = now
+        else:
+            batch.cancelled_at = now
+        self.store.save(record)
+        counts = batch.request_counts
+        logger.info("batch %s %s: %d completed, %d failed of %d", batch.id, status, counts.completed, counts.failed, counts.total)
+
+    def _publish(self, batch_id: str, kind: str, path: Any) -> str | None:
+        file_id = "file-" + hashlib.sha256(f"{batch_id}:{kind}".encode()).hexdigest()[:24]
+        published = self.files.adopt(path, f"{batch_id}_{kind}.jsonl", "batch_output", file_id)
+        return published.id if published is not None else None
+
+    def _fail(self, record: JobRecord, code: str, message: str) -> None:
+        batch = record.batch
+        batch.status = "failed"
+        batch.failed_at = int(time.time())
+        batch.errors = Errors(object="list", data=[BatchError(code=code, message=message)])
+        self.store.save(record)
+        logger.warning("batch %s failed: %s", batch.id, message)
