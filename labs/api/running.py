@@ -1,4 +1,4 @@
-"""Transport pieces the routes share: abort a request whose client goes away.
+"""Transport pieces the routes share: the caller's priority on a turn; abort a request whose client goes away.
 
 A request whose client disconnects is aborted in the engine (its KV cache is freed at the next
 step), whether it streams (the response generator is closed) or not (a watcher polls for the
@@ -8,14 +8,22 @@ disconnect and cancels the collection, which closes the turn's events).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable
 from typing import TypeVar
 
 from starlette.requests import Request
 
 from labs.api.errors import APIError
+from labs.serving.turn import Priority, Turn
 
 T = TypeVar("T")
+
+
+def prioritized(request: Request, turn: Turn) -> Turn:
+    """The turn at its caller's priority (set on the request by the API-key check: a batch job's lines run
+    at batch priority); interactive by default."""
+    return dataclasses.replace(turn, priority=getattr(request.state, "priority", Priority.INTERACTIVE))
 
 
 async def until_disconnected(request: Request, work: Awaitable[T], poll_seconds: float = 0.25) -> T:

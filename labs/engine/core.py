@@ -29,7 +29,7 @@ from labs.engine.runner import ModelRunner
 from labs.engine.sampler import RowState, Sampler, make_generator
 from labs.engine.sampling import SamplingParams
 from labs.engine.scheduler import Scheduler, SchedulerOutput
-from labs.engine.sequence import OutputSink, RequestOutput, Sequence, Status
+from labs.engine.sequence import PRIORITY_LEVELS, OutputSink, RequestOutput, Sequence, Status
 from labs.engine.verify import verify_engine_matches_model
 
 logger = logging.getLogger(__name__)
@@ -114,6 +114,7 @@ class EngineCore:
         self.guide = Guide(tokenizer, self.vocab_size)
         self.stats = EngineStats(kv_cache_blocks_total=num_blocks)
         self._requests: dict[str, list[Sequence]] = {}
+        self.waiting_by_priority: tuple[int, ...] = (0,) * PRIORITY_LEVELS
         self._forks: dict[int, list[Sequence]] = {}  # parent seq_id -> samples waiting to share its prefill
         self._orphaned: set[str] = set()  # requests whose consumer can no longer receive outputs
 
@@ -173,9 +174,11 @@ class EngineCore:
         return {seq.adapter for seq in seqs if seq.adapter is not None and seq.status is not Status.FINISHED}
 
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, sink: OutputSink,
-                    adapter: str | None = None) -> None:
+                    adapter: str | None = None, priority: int = 0) -> None:
         if request_id in self._requests:
             raise EngineRequestError(f"request id {request_id!r} is already in use")
+        if not 0 <= priority < PRIORITY_LEVELS:
+            raise EngineRequestError(f"priority must be 0 (interactive) to {PRIORITY_LEVELS - 1} (batch), got {priority}")
         self.check_adapter(adapter)
         max_tokens = self.validate(prompt_token_ids, params)
         samples = []
@@ -192,9 +195,11 @@ class EngineCore:
                 generator=make_generator(seed) if seed is not None else None,
                 matcher=self.guide.matcher(params.guided) if params.guided is not None else None,
                 adapter=adapter,
+                priority=priority,
             ))
         self._requests[request_id] = samples
         self.scheduler.add(samples[0])
+        self._count_waiting()
         if len(samples) > 1:
             self._forks[samples[0].seq_id] = samples[1:]
 
@@ -215,6 +220,14 @@ class EngineCore:
     def num_waiting(self) -> int:
         return len(self.scheduler.waiting) + sum(len(v) for v in self._forks.values())
 
+    def _count_waiting(self) -> None:
+        """Publish the waiting sequences per priority as one immutable tuple, which other threads read
+        (to refuse requests past max_queue) while this one changes the queue."""
+        counts = [0] * PRIORITY_LEVELS
+        for seq in self.scheduler.waiting:
+            counts[seq.priority] += 1
+        self.waiting_by_priority = tuple(counts)
+
     # ------------------------------------------------------------------ the step
 
     def step(self) -> None:
@@ -226,6 +239,7 @@ class EngineCore:
         if self.adapters.known and self.scheduler.waiting:
             self._load_waiting_adapters()
         scheduled = self.scheduler.schedule()
+        self._count_waiting()
         self.stats.preemptions_total += len(scheduled.preempted)
         if scheduled.empty:
             return

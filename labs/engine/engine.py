@@ -23,7 +23,7 @@ from typing import Any
 from labs.engine.core import EngineConfig, EngineCore, EngineStats
 from labs.engine.errors import EngineDeadError, EngineOverloadedError
 from labs.engine.sampling import SamplingParams
-from labs.engine.sequence import RequestOutput
+from labs.engine.sequence import PRIORITY_LEVELS, RequestOutput
 from labs.engine.torch_thread import torch_thread
 
 logger = logging.getLogger(__name__)
@@ -65,20 +65,21 @@ class Engine:
         self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._stopped = False
         self._dead: BaseException | None = None
-        self._pending_adds = 0
+        self._pending_adds = [0] * PRIORITY_LEVELS  # per priority: submitted, not yet in the core
         self._lock = threading.Lock()
         self._torch.register(self)
 
     # ------------------------------------------------------------------ public API
 
     def add_request(self, prompt_token_ids: list[int], params: SamplingParams, request_id: str | None = None,
-                    adapter: str | None = None) -> "RequestStream":
-        """Queue a request (with a loaded LoRA adapter, or the base model); iterate the result (in a
-        running event loop) to receive its outputs."""
+                    adapter: str | None = None, priority: int = 0) -> "RequestStream":
+        """Queue a request (with a loaded LoRA adapter, or the base model; priority 0 is interactive, higher
+        values wait for capacity that is left and yield it); iterate the result (in a running event loop)
+        to receive its outputs."""
         loop = asyncio.get_running_loop()
         outputs: asyncio.Queue[RequestOutput] = asyncio.Queue()
         request_id = self._submit(list(prompt_token_ids), params, request_id,
-                                  lambda out: loop.call_soon_threadsafe(outputs.put_nowait, out), adapter)
+                                  lambda out: loop.call_soon_threadsafe(outputs.put_nowait, out), adapter, priority)
         return RequestStream(self, request_id, params.n, outputs)
 
     def generate(self, prompt_token_ids: list[int], params: SamplingParams,
@@ -195,28 +196,33 @@ class Engine:
         return future
 
     def _submit(self, prompt: list[int], params: SamplingParams, request_id: str | None, sink: Callable[[RequestOutput], None],
-                adapter: str | None = None) -> str:
+                adapter: str | None = None, priority: int = 0) -> str:
         self._check_alive()
         request_id = request_id or f"req-{next(_request_ids)}"
         self.core.check_adapter(adapter)
         self.core.validate(prompt, params)  # read-only checks: safe from the caller's thread
+        if not 0 <= priority < PRIORITY_LEVELS:
+            raise ValueError(f"priority must be 0 (interactive) to {PRIORITY_LEVELS - 1} (batch), got {priority}")
         with self._lock:
-            queued = self.core.num_waiting + self._pending_adds
+            # only work that would start first counts: batch work waiting never makes an interactive request "busy"
+            waiting = self.core.waiting_by_priority
+            queued = sum(waiting[level] + self._pending_adds[level] for level in range(priority + 1))
             if queued >= self.config.max_queue:
                 raise EngineOverloadedError(
                     f"the server is busy: {queued} requests are already waiting (max_queue={self.config.max_queue}); retry shortly",
                     retry_after=1.0,
                 )
-            self._pending_adds += 1
+            self._pending_adds[priority] += 1
 
         def add() -> None:
-            with self._lock:
-                self._pending_adds -= 1
             try:
-                self.core.add_request(request_id, prompt, params, sink, adapter)
+                self.core.add_request(request_id, prompt, params, sink, adapter, priority)
             except Exception as error:  # noqa: BLE001 - reported to the caller, not raised on the engine thread
                 for index in range(params.n):
                     sink(RequestOutput(request_id, index, [], "", finish_reason="error", error=str(error)))
+            finally:
+                with self._lock:  # now counted as waiting by the core (or failed)
+                    self._pending_adds[priority] -= 1
 
         self._command(add)
         return request_id

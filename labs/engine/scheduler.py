@@ -5,9 +5,14 @@ Policy (continuous batching with chunked prefill, as in vLLM and nano-vllm):
    admitted running sequence is preempted (its blocks freed; it re-enters the front of the queue
    and is recomputed later, cheaply thanks to the prefix cache);
 2. sequences part-way through their prefill continue with a chunk of what is left of the budget;
-3. waiting sequences are admitted first come, first served while the cache can hold their tokens,
-   each with a chunk of the remaining budget.
+3. waiting sequences are admitted by priority, then first come, first served, while the cache can
+   hold their tokens, each with a chunk of the remaining budget.
 A long prompt therefore never stalls decoding, and a new request starts within a step or two.
+
+Priorities (lower runs first; interactive 0, batch work above): a waiting request that cannot start
+because the running slots or the cache are full takes them from running lower-priority sequences,
+which are preempted as in 1. and resume when there is room again. Work of one priority never waits
+behind work of a lower one.
 """
 
 from __future__ import annotations
@@ -84,6 +89,7 @@ class Scheduler:
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
         budget = self.max_batched_tokens
+        self._yield_to_urgent_waiting(out)
         for seq in list(self.running):
             if seq.status is not Status.RUNNING or seq.in_prefill:
                 continue
@@ -100,14 +106,14 @@ class Scheduler:
             if seq.in_prefill:
                 budget -= self._schedule_prefill(seq, budget, out)
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
-            seq = self.waiting[0]
+            seq = self._next_waiting()
             tokens = seq.all_token_ids
             if not self.ready(seq):
                 break  # first come, first served: wait for its adapter to be in memory
             namespace = self.cache_namespace(seq)
             if not self.allocator.can_allocate(tokens, namespace):
                 break  # first come, first served: wait for blocks to free up
-            self.waiting.popleft()
+            self.waiting.remove(seq)
             hit = self.allocator.allocate(seq.seq_id, tokens, namespace)
             seq.num_computed_tokens = hit.num_cached_tokens
             if not seq.output_token_ids and seq.preemptions == 0:
@@ -117,6 +123,28 @@ class Scheduler:
             self.running.append(seq)
             budget -= self._schedule_prefill(seq, budget, out)
         return out
+
+    def _next_waiting(self) -> Sequence:
+        """The most urgent waiting sequence: by priority, then by arrival (a preempted one keeps its place)."""
+        return min(self.waiting, key=lambda seq: (seq.priority, seq.seq_id))
+
+    def _yield_to_urgent_waiting(self, out: SchedulerOutput) -> None:
+        """Before anything is scheduled: preempt running sequences of a lower priority than waiting ones
+        until those fit (in order of urgency; each is checked against the cache as it is now)."""
+        free_slots = self.max_num_seqs - len(self.running)
+        for seq in sorted(self.waiting, key=lambda s: (s.priority, s.seq_id)):
+            if not self.ready(seq):
+                return
+            lower = [s for s in self.running if s.priority > seq.priority]
+            while not (fits := free_slots > 0 and self.allocator.can_allocate(seq.all_token_ids, self.cache_namespace(seq))):
+                if not lower:
+                    return
+                victim = max(reversed(lower), key=lambda s: s.priority)  # the least urgent, most recently admitted
+                lower.remove(victim)
+                self._preempt(victim, out, reason=f"a request of priority {seq.priority} needs its place")
+                free_slots += 1
+            if fits:
+                free_slots -= 1  # admitted in this step
 
     def _schedule_prefill(self, seq: Sequence, budget: int, out: SchedulerOutput) -> int:
         length = min(seq.prefill_target - seq.num_computed_tokens, budget)
@@ -133,8 +161,8 @@ class Scheduler:
             self._preempt(victim, out)
         return True
 
-    def _preempt(self, seq: Sequence, out: SchedulerOutput) -> None:
-        logger.info("preempting request %s (cache full); it will be recomputed", seq.request_id)
+    def _preempt(self, seq: Sequence, out: SchedulerOutput, reason: str = "cache full") -> None:
+        logger.info("preempting request %s (%s); it will be recomputed", seq.request_id, reason)
         self.running.remove(seq)
         self.allocator.free(seq.seq_id)
         seq.status = Status.WAITING

@@ -47,6 +47,9 @@ class RequestOutput:
 OutputSink = Callable[[RequestOutput], None]
 
 
+PRIORITY_LEVELS = 3  # 0 interactive, 1 low, 2 batch: lower runs first
+
+
 @dataclass(eq=False)
 class Sequence:
     request_id: str
@@ -59,6 +62,7 @@ class Sequence:
     generator: torch.Generator | None = None
     matcher: Any = None  # llguidance matcher when the request is constrained by a grammar
     adapter: str | None = None  # the LoRA adapter this request runs with; None: the base model
+    priority: int = 0  # lower runs first: 0 interactive; higher values (batch work) take the capacity that is left
     seq_id: int = field(default_factory=lambda: next(_ids))
     output_token_ids: list[int] = field(default_factory=list)
     status: Status = Status.WAITING

@@ -7,10 +7,20 @@ means "not given": the sampling builder fills it from the layered defaults.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import Any
 
 from labs.engine.guided import GuidedDecoding
+
+
+class Priority(enum.IntEnum):
+    """Who goes first when the engine is full: interactive requests, then low-priority clients, then batch
+    jobs, which take the capacity that is left and give it back when more urgent work arrives."""
+
+    INTERACTIVE = 0
+    LOW = 1
+    BATCH = 2
 
 
 @dataclass
@@ -57,6 +67,7 @@ class Turn:
     reasoning: bool | None = None  # split a reasoning model's thinking out; None = the server's default
     fit_history: bool = False  # drop the oldest messages that do not fit the context (chat UIs)
     id_prefix: str = "chatcmpl"
+    priority: Priority = Priority.INTERACTIVE
     messages_param: str = "messages"  # how this protocol names the conversation, for error messages
 
     @property

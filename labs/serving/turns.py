@@ -107,7 +107,8 @@ class Serving:
                               len(prepared.ids))
             # queued before Started: bad grammars, token ids and a full queue (503) fail before streaming
             timing = Timing(self.metrics, served.id)
-            stream = served.engine.add_request(prepared.ids, params, started.id, adapter=served.adapter)
+            stream = served.engine.add_request(prepared.ids, params, started.id, adapter=served.adapter,
+                                               priority=int(turn.priority))
             try:
                 yield started
                 if sources is not None:

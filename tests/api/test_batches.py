@@ -261,3 +261,25 @@ def test_batches_behind_an_api_key(tiny_model_dir: Path, labs_cache_dir: Path, h
             error_of(raw.get("/v1/files", headers={"x-labs-batch-token": "guess"}), 401)
     finally:
         server.stop()
+
+
+def test_batch_lines_run_at_batch_priority_beside_interactive_requests(tiny_model_dir: Path, labs_cache_dir: Path, home: Path) -> None:
+    server = serve(tiny_model_dir, labs_cache_dir, home, LABS_MAX_NUM_SEQS="2")
+    try:
+        client = client_of(server)
+        lines = [chat_line(f"p{i}", f"batch {i}", max_tokens=40, ignore_eos=True) for i in range(12)]
+        uploaded = client.files.create(file=("p.jsonl", jsonl(lines)), purpose="batch")
+        batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+        deadline = time.monotonic() + 60
+        while len(running := list(server.engine().core.scheduler.running)) < 2:  # the batch holds both places
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert {seq.priority for seq in running} == {2}  # its lines run at batch priority (the engine's tests: what that does)
+        answer = client.chat.completions.create(model=server.state.models.default_id, messages=HELLO, max_tokens=5, temperature=0)
+        assert answer.usage.completion_tokens == 5
+        batch = wait_for(client, batch.id, {"completed", "failed"})
+        output = results(client, batch.output_file_id)
+        assert batch.request_counts.completed == 12 and all(
+            line["response"]["body"]["usage"]["completion_tokens"] == 40 for line in output)  # the preempted one resumed whole
+    finally:
+        server.stop()

@@ -379,3 +379,71 @@ def test_a_row_of_nan_scores_fails_only_its_request(tiny, monkeypatch: pytest.Mo
     assert sink.tokens("broken") == []
     assert fine.finish_reason == "length" and len(sink.tokens("fine")) == 5
     assert_cache_empty(core)
+
+
+def test_interactive_requests_take_their_place_from_batch_work_which_still_finishes_correctly(tiny, tiny_reference) -> None:  # noqa: ANN001
+    core = tiny_core(tiny, max_num_seqs=4)
+    batch = prompts_of_lengths([12] * 8, seed=5)
+    sink = Collector()
+    for i, prompt in enumerate(batch):
+        core.add_request(f"b{i}", prompt, SamplingParams(max_tokens=20, temperature=0, min_tokens=20), sink, priority=2)
+    for _ in range(3):
+        core.step()
+    assert len(core.scheduler.running) == 4  # batch work fills the free slots
+    urgent = prompts_of_lengths([9, 14], seed=6)
+    for i, prompt in enumerate(urgent):
+        core.add_request(f"i{i}", prompt, SamplingParams(max_tokens=20, temperature=0, min_tokens=20), sink)
+    core.step()  # both start at once, in the place of the two most recently admitted batch requests
+    running = {seq.request_id for seq in core.scheduler.running}
+    assert {"i0", "i1"} <= running and core.stats.preemptions_total == 2
+    assert all(sink.tokens(f"b{i}") for i in (0, 1)) and {"b2", "b3"}.isdisjoint(running)
+    while any(seq.request_id.startswith("i") for seq in core.scheduler.running):
+        assert not any(seq.request_id in ("b4", "b5", "b6", "b7") for seq in core.scheduler.running)
+        core.step()  # no more batch work starts while interactive requests need the places
+    run_all(core)
+    for i, prompt in enumerate(urgent):
+        assert sink.tokens(f"i{i}") == reference(tiny_reference, prompt, 20)
+    for i, prompt in enumerate(batch):  # preempted batch requests resume and give the same tokens
+        assert sink.tokens(f"b{i}") == reference(tiny_reference, prompt, 20), f"batch request {i}"
+    assert_cache_empty(core)
+
+
+def test_a_full_cache_is_taken_from_batch_work_for_an_interactive_request(tiny, tiny_reference) -> None:  # noqa: ANN001
+    core = tiny_core(tiny, kv_cache_memory=12 * BLOCK_BYTES_TINY, max_num_seqs=16)  # 192 token slots
+    sink = Collector()
+    batch = prompts_of_lengths([60, 60, 60], seed=7)
+    for i, prompt in enumerate(batch):
+        core.add_request(f"b{i}", prompt, SamplingParams(max_tokens=4, temperature=0, min_tokens=4), sink, priority=2)
+    core.step(), core.step(), core.step()
+    urgent = prompts_of_lengths([70], seed=8)[0]
+    core.add_request("i", urgent, SamplingParams(max_tokens=8, temperature=0, min_tokens=8), sink)
+    core.step()
+    assert "i" in {seq.request_id for seq in core.scheduler.running} and core.stats.preemptions_total >= 1
+    run_all(core)
+    assert sink.tokens("i") == reference(tiny_reference, urgent, 8)
+    assert all(sink.tokens(f"b{i}") == reference(tiny_reference, prompt, 4) for i, prompt in enumerate(batch))
+    assert_cache_empty(core)
+
+
+def test_waiting_batch_work_never_makes_an_interactive_request_busy(tiny_model_dir: Path) -> None:
+    model, tokenizer = load_fp32(tiny_model_dir)
+    engine = Engine(model, tokenizer, 256, EngineConfig(kv_cache_memory=64 * BLOCK_BYTES_TINY, max_queue=3, max_num_seqs=1))
+    try:
+        async def scenario() -> None:
+            long = SamplingParams(max_tokens=200, temperature=0, ignore_eos=True)
+            streams = [engine.add_request([1, 2, 3], long, priority=2)]
+            await anext(streams[0])  # it runs: the next three wait
+            streams += [engine.add_request([1, 2, 3, i], long, priority=2) for i in range(3)]
+            with pytest.raises(EngineOverloadedError, match="max_queue=3"):
+                streams.append(engine.add_request([1, 2, 3, 9], long, priority=2))
+            interactive = engine.add_request([4, 5, 6], SamplingParams(max_tokens=3, temperature=0, min_tokens=3))
+            tokens = [t async for out in interactive for t in out.new_token_ids]
+            assert len(tokens) == 3  # admitted before the waiting batch work, and not refused because of it
+            with pytest.raises(ValueError, match="priority must be 0"):
+                engine.add_request([1], long, priority=3)
+            for stream in streams:
+                await stream.aclose()
+
+        asyncio.run(scenario())
+    finally:
+        engine.shutdown()

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 
 from labs.api.errors import bad_request
 from labs.api.logprobs import completion_logprobs
-from labs.api.running import until_disconnected
+from labs.api.running import prioritized, until_disconnected
 from labs.api.schemas import CompletionRequest
 from labs.api.security import require_api_key
 from labs.api.sse import data_event, event_stream_response, openai_stream
@@ -65,7 +65,7 @@ async def completions(body: CompletionRequest, request: Request, state: ServerSt
     opened: list[TurnEvents] = []
     try:
         for prompt in prompts:  # every prompt is checked before anything is generated or streamed
-            opened.append(await state.serving.open_turn(_turn(body, prompt)))
+            opened.append(await state.serving.open_turn(prioritized(request, _turn(body, prompt))))
     except BaseException:
         await asyncio.gather(*(events.aclose() for events in opened))
         raise

@@ -32,7 +32,7 @@ from labs.api.anthropic_shapes import (
 )
 from labs.api.errors import register_error_shape, to_api_error
 from labs.api.routes.chat import rag_field
-from labs.api.running import until_disconnected
+from labs.api.running import prioritized, until_disconnected
 from labs.api.security import require_api_key
 from labs.api.sse import event_stream_response
 from labs.api.state import ServerState, get_state
@@ -46,7 +46,7 @@ register_error_shape("/v1/messages", error_response)
 
 @router.post("/v1/messages", summary="Create a message (Anthropic-compatible)")
 async def create_message(body: MessagesRequest, request: Request, state: ServerState = Depends(get_state)) -> Any:
-    events = await state.serving.open_turn(messages_turn(body))
+    events = await state.serving.open_turn(prioritized(request, messages_turn(body)))
     stop_sequences = body.stop_sequences or []
     if body.stream:
         return event_stream_response(_stream(events, stop_sequences))

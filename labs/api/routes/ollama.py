@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from labs import __version__
 from labs.api import ollama_shapes as shapes
 from labs.api.errors import APIError, bad_request, register_error_shape, to_api_error
-from labs.api.running import until_disconnected
+from labs.api.running import prioritized, until_disconnected
 from labs.api.security import require_api_key
 from labs.api.state import ServerState, get_state
 from labs.embeddings.vectors import truncate_dimensions
@@ -180,7 +180,7 @@ async def _load(state: ServerState, kind: str, name: str, model_id: str, keep_al
 
 async def _answer(state: ServerState, request: Request, kind: str, name: str, turn: Turn, stream: bool | None,
                   clock: shapes.Clock) -> Any:
-    events = await state.serving.open_turn(turn)  # a bad request fails here, before any line is sent
+    events = await state.serving.open_turn(prioritized(request, turn))  # a bad request fails here, before any line is sent
     clock.mark_ready()
     if stream is not False:
         return StreamingResponse(_lines(kind, name, events, clock), media_type="application/x-ndjson",

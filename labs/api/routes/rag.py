@@ -19,7 +19,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from labs.api.errors import APIError, bad_request
-from labs.api.running import until_disconnected
+from labs.api.running import prioritized, until_disconnected
 from labs.api.schemas import DocumentsQueryRequest, TransactionsQueryRequest
 from labs.api.security import require_api_key
 from labs.api.sse import data_event, event_stream_response, openai_stream
@@ -119,7 +119,7 @@ async def documents_query(body: DocumentsQueryRequest, request: Request, state: 
                 docs_top_k=body.top_k, docs_score_threshold=body.score_threshold, id_prefix="rag",
                 messages_param="question",
                 sampling=RequestedSampling(max_tokens=body.max_tokens, temperature=body.temperature, seed=body.seed))
-    events = await state.serving.open_turn(turn)
+    events = await state.serving.open_turn(prioritized(request, turn))
     if body.stream:
         return event_stream_response(openai_stream(_stream(events, body.include_sources)))
     try:

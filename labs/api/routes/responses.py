@@ -31,7 +31,7 @@ from labs.api.responses_shapes import (
     responses_call,
 )
 from labs.api.routes.chat import rag_field
-from labs.api.running import until_disconnected
+from labs.api.running import prioritized, until_disconnected
 from labs.api.security import require_api_key
 from labs.api.sse import event_stream_response
 from labs.api.state import ServerState, get_state
@@ -63,7 +63,7 @@ async def create_response(body: ResponsesRequest, request: Request, state: Serve
                               param="previous_response_id", code="previous_response_not_found")
         history = previous.conversation
     call = responses_call(body, history)
-    events = await state.serving.open_turn(call.turn)
+    events = await state.serving.open_turn(prioritized(request, call.turn))
     if body.stream:
         return event_stream_response(_stream(call, events, store))
     try:
