@@ -18,8 +18,10 @@ from fastapi.middleware.cors import CORSMiddleware
 from labs import __version__
 from labs.api.errors import install_error_handlers
 from labs.api.metrics import Metrics
-from labs.api.middleware import BodySizeLimit, RequestMetrics
-from labs.api.routes import chat, completions, embeddings, messages, models, ollama, ops, rag, responses, simple, tokens
+from labs.api.middleware import BodySizeLimit, RateLimitHeaders, RequestMetrics
+from labs.api.rate_limits import RATE_LIMIT_HEADERS
+from labs.api.routes import (chat, completions, embeddings, messages, models, ollama, ops, rag, responses, simple, tokens,
+                             usage)
 from labs.api.routes.page import mount_page
 from labs.api.state import ServerState
 from labs.config import Settings, load_settings
@@ -29,8 +31,10 @@ logger = logging.getLogger(__name__)
 
 DESCRIPTION = """\
 An OpenAI-compatible API over local Hugging Face models. Point the `openai` SDK at `/v1`
-(`OpenAI(base_url="http://HOST:PORT/v1", api_key="...")`). When the server sets `LABS_API_KEY`,
-send `Authorization: Bearer KEY` (the **Authorize** button below); `/health` and `/ready` never need it.
+(`OpenAI(base_url="http://HOST:PORT/v1", api_key="...")`). When the server has API keys (`[keys]` in
+labs.toml or `LABS_API_KEY`), send `Authorization: Bearer KEY` (the **Authorize** button below); `/health`
+and `/ready` never need it. A key over its limits gets 429 with `Retry-After`; `GET /v1/usage` shows its
+limits and use.
 """
 
 
@@ -38,7 +42,9 @@ def build_state(settings: Settings) -> ServerState:
     metrics = Metrics()
     serving = server_serving(settings, metrics)
     metrics.watch_engines(serving.models)
-    return ServerState(settings, serving, metrics)
+    state = ServerState(settings, serving, metrics)
+    metrics.watch_keys(state.limiter)
+    return state
 
 
 async def _unload_idle_models(state: ServerState) -> None:
@@ -80,12 +86,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   strict_content_type=False)
     app.state.labs = state
     install_error_handlers(app)
-    for module in (chat, responses, completions, embeddings, models, tokens, simple, rag, ops, messages, ollama):
+    for module in (chat, responses, completions, embeddings, models, tokens, simple, rag, ops, usage, messages, ollama):
         app.include_router(module.router)
     mount_page(app)
     if settings.server.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.server.cors_origins), allow_methods=["*"],
-                           allow_headers=["*"], expose_headers=["Retry-After", "X-Labs-Truncated-Inputs"])
+                           allow_headers=["*"],
+                           expose_headers=["Retry-After", "X-Labs-Truncated-Inputs", *RATE_LIMIT_HEADERS])
+    if state.keyring:
+        app.add_middleware(RateLimitHeaders, limiter=state.limiter)
     app.add_middleware(BodySizeLimit, max_bytes=settings.server.max_body_size)
     app.add_middleware(RequestMetrics, metrics=state.metrics)
     return app

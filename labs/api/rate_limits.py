@@ -228,6 +228,10 @@ def format_reset(seconds: float) -> str:
     return (f"{hours}h" if hours else "") + (f"{minutes}m" if hours or minutes else "") + f"{text}s"
 
 
+RATE_LIMIT_HEADERS = tuple(f"x-ratelimit-{what}-{unit}" for unit in ("requests", "tokens")
+                           for what in ("limit", "remaining", "reset"))
+
+
 def rate_limit_headers(snapshot: Snapshot) -> dict[str, str]:
     """OpenAI's x-ratelimit-* headers for the limits the key has (none for a key without rate limits)."""
     headers: dict[str, str] = {}
