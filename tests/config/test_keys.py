@@ -126,3 +126,16 @@ def test_show_config_shows_names_and_limits_never_secrets(tmp_path: Path, monkey
         for secret in ("ci-secret-value", "plain-secret-value", ALICE_SHA, ALICE_SHA[:8],
                        hashlib.sha256(b"ci-secret-value").hexdigest()[:8]):
             assert secret not in output
+
+
+def test_the_readme_example_loads(tmp_path: Path) -> None:
+    import re
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("### Sharing one server", 1)[1]
+    example = re.search(r"```toml\n(.*?)```", section, flags=re.DOTALL)
+    assert example is not None
+    settings = settings_with(tmp_path, example.group(1), REPORTS_KEY="reports-secret")
+    alice, reports = settings.named_keys["alice"], settings.named_keys["nightly-reports"]
+    assert alice.digest == digest_of("alice-example-key") and alice.requests_per_minute == 60
+    assert reports.models == ("smollm2-135m-instruct",) and reports.priority == "batch"
