@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from labs.api.rate_limits import Limits
-from labs.config import Settings
 from labs.config.keys import UNNAMED, NamedKey, digest_of
 from labs.errors import LabsError
 
@@ -37,12 +36,12 @@ class Caller:
 class Keyring:
     """The configured keys; empty when the server needs none."""
 
-    def __init__(self, settings: Settings, resolve: Callable[[str], str]) -> None:
-        """`resolve` gives the served id a model name stands for (aliases and spellings of one model)."""
-        self._entries: list[tuple[bytes, Caller]] = [(key.digest, _caller(key, resolve))
-                                                     for key in settings.named_keys.values()]
-        unnamed = Caller(UNNAMED, Limits())
-        self._entries += [(digest_of(secret), unnamed) for secret in settings.server.api_keys]
+    def __init__(self, named: Iterable[NamedKey], unnamed: Iterable[str], resolve: Callable[[str], str]) -> None:
+        """`named`: the [keys] tables; `unnamed`: the LABS_API_KEY keys; `resolve` gives the served id a model
+        name stands for (aliases and spellings of one model)."""
+        self._entries: list[tuple[bytes, Caller]] = [(key.digest, _caller(key, resolve)) for key in named]
+        anyone = Caller(UNNAMED, Limits())
+        self._entries += [(digest_of(secret), anyone) for secret in unnamed]
         self.callers: dict[str, Caller] = {caller.name: caller for _, caller in self._entries}
 
     def __bool__(self) -> bool:

@@ -37,7 +37,7 @@ class ServerState:
         core = self.serving
         self.models, self.embeddings, self.limits = core.models, core.embeddings, core.limits
         self.transactions, self.documents = core.transactions, core.documents
-        self.keyring = Keyring(self.settings, self.models.resolve_id)
+        self.keyring = Keyring(self.settings.named_keys.values(), self.settings.server.api_keys, self.models.resolve_id)
         self.limiter = RateLimiter({name: caller.limits for name, caller in self.keyring.callers.items()})
 
 

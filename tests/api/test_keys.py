@@ -359,10 +359,16 @@ def test_a_bad_key_table_stops_the_server_from_starting(tiny_settings_factory: A
         tiny_settings_factory('[keys.alice]\nenv = "ALICE_KEY"\n')
 
 
-def test_httpx_sees_the_rate_headers_on_errors_too(server: LiveServer) -> None:
+def test_rate_headers_come_on_errors_and_streams_too(server: LiveServer) -> None:
+    body = {"messages": HELLO, "max_tokens": 2, "stream": True}
     with server.client() as http:
         bad = http.post("/v1/chat/completions", headers=bearer("meter"), json={"messages": HELLO, "n": 99})
+        with http.stream("POST", "/v1/chat/completions", headers=bearer("meter"), json=body) as stream:
+            assert stream.status_code == 200 and "data: [DONE]" in stream.read().decode()
     assert bad.status_code == 400
-    assert all(name in bad.headers for name in RATE_HEADERS + TOKEN_HEADERS)
-    assert int(bad.headers["x-ratelimit-limit-tokens"]) == 1_000_000
+    for response in (bad, stream):
+        assert all(name in response.headers for name in RATE_HEADERS + TOKEN_HEADERS)
+        assert response.headers["x-ratelimit-limit-tokens"] == "1000000"
+        assert response.headers["x-ratelimit-limit-requests"] == "1000"
+    server.wait_idle()
 
