@@ -23,6 +23,7 @@ from labs.embeddings import EmbeddingInputError
 from labs.errors import ConfigError, LabsError, ModelLoadError, ModelNotFoundError
 from labs.rag.documents import DocumentError, DocumentLoadError, DocumentPathError, DocumentStoreError
 from labs.rag.transactions import TransactionsFileError
+from labs.serving.accounts import ModelNotAllowedError
 from labs.serving.documents import PathNotAllowedError
 from labs.models.prompting import PromptError
 from labs.serving.errors import (
@@ -100,7 +101,7 @@ def to_api_error(error: BaseException) -> APIError:
         return bad_request(str(error), param="messages")
     if isinstance(error, EmbeddingInputError):
         return bad_request(str(error), param="input")
-    if isinstance(error, ModelNotAvailableError):
+    if isinstance(error, (ModelNotAvailableError, ModelNotAllowedError)):
         return APIError(404, str(error), param="model", code="model_not_found")
     if isinstance(error, EngineOverloadedError):
         return APIError(503, str(error), type="server_error", code="overloaded",

@@ -18,12 +18,13 @@ from fastapi.middleware.cors import CORSMiddleware
 from labs import __version__
 from labs.api.errors import install_error_handlers
 from labs.api.metrics import Metrics
-from labs.api.middleware import BodySizeLimit, RequestMetrics
 from labs.api.batch_runner import BatchRunner
 from labs.api.batch_store import BatchStore
 from labs.api.file_store import FileStore
+from labs.api.middleware import BodySizeLimit, RateLimitHeaders, RequestMetrics
+from labs.api.rate_limits import RATE_LIMIT_HEADERS
 from labs.api.routes import (batches, chat, completions, embeddings, messages, models, ollama, ops, rag, responses, simple,
-                             tokens)
+                             tokens, usage)
 from labs.api.routes.page import mount_page
 from labs.api.state import ServerState
 from labs.config import Settings, load_settings
@@ -33,8 +34,10 @@ logger = logging.getLogger(__name__)
 
 DESCRIPTION = """\
 An OpenAI-compatible API over local Hugging Face models. Point the `openai` SDK at `/v1`
-(`OpenAI(base_url="http://HOST:PORT/v1", api_key="...")`). When the server sets `LABS_API_KEY`,
-send `Authorization: Bearer KEY` (the **Authorize** button below); `/health` and `/ready` never need it.
+(`OpenAI(base_url="http://HOST:PORT/v1", api_key="...")`). When the server has API keys (`[keys]` in
+labs.toml or `LABS_API_KEY`), send `Authorization: Bearer KEY` (the **Authorize** button below); `/health`
+and `/ready` never need it. A key over its limits gets 429 with `Retry-After`; `GET /v1/usage` shows its
+limits and use.
 """
 
 
@@ -42,7 +45,9 @@ def build_state(settings: Settings) -> ServerState:
     metrics = Metrics()
     serving = server_serving(settings, metrics)
     metrics.watch_engines(serving.models)
-    return ServerState(settings, serving, metrics)
+    state = ServerState(settings, serving, metrics)
+    metrics.watch_keys(state.limiter)
+    return state
 
 
 async def _unload_idle_models(state: ServerState) -> None:
@@ -103,12 +108,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     state.batches = BatchRunner(app, BatchStore(home / "batches"), FileStore(home / "files", settings.server.max_file_size),
                                 concurrency=settings.engine.max_num_seqs)
     install_error_handlers(app)
-    for module in (chat, responses, completions, embeddings, models, tokens, simple, rag, ops, messages, ollama, batches):
+    for module in (chat, responses, completions, embeddings, models, tokens, simple, rag, ops, usage, messages, ollama, batches):
         app.include_router(module.router)
     mount_page(app)
     if settings.server.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.server.cors_origins), allow_methods=["*"],
-                           allow_headers=["*"], expose_headers=["Retry-After", "X-Labs-Truncated-Inputs"])
+                           allow_headers=["*"],
+                           expose_headers=["Retry-After", "X-Labs-Truncated-Inputs", *RATE_LIMIT_HEADERS])
+    if state.keyring:
+        app.add_middleware(RateLimitHeaders, limiter=state.limiter)
     app.add_middleware(BodySizeLimit, max_bytes=settings.server.max_body_size,
                        # the form around the file takes a few bytes more; the file store checks the file itself
                        uploads={"/v1/files": (settings.server.max_file_size + 1024**2, "LABS_MAX_FILE_SIZE")})

@@ -1,8 +1,11 @@
-"""Prometheus metrics: HTTP traffic, each loaded engine's state, latencies and embedding throughput.
+"""Prometheus metrics: HTTP traffic, each loaded engine's state, latencies, embedding throughput, and
+requests and tokens by API key.
 
 Each app gets its own registry (several apps can live in one process, as in tests). Engine gauges
 and token counters are read from the engines at scrape time; a model that is loading (the torch
-thread is busy) is skipped for that scrape rather than blocking it.
+thread is busy) is skipped for that scrape rather than blocking it. Per-key counters are read from
+the rate limiter, which counts them; their `key` label takes only configured names ("-" for the
+unnamed LABS_API_KEY keys), and there are none when the server has no keys.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, GCCollector, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from labs.api.rate_limits import RateLimiter
 from labs.serving.errors import EngineDeadError
 from labs.serving.models import ModelRegistry
 
@@ -49,6 +53,35 @@ class Metrics:
 
     def watch_engines(self, models: ModelRegistry) -> None:
         self.registry.register(_EngineCollector(lambda: models))
+
+    def watch_keys(self, limiter: RateLimiter) -> None:
+        self.registry.register(_KeyCollector(limiter))
+
+
+class _KeyCollector(Collector):
+    def __init__(self, limiter: RateLimiter) -> None:
+        self._limiter = limiter
+
+    def collect(self) -> Iterable[Metric]:
+        if not self._limiter.names():
+            return []  # a server without keys has no per-key series
+        requests = CounterMetricFamily("labs_key_requests", "Generation and embedding requests admitted, by API key.",
+                                       labels=["key"])
+        limited = CounterMetricFamily("labs_key_rate_limited", "Requests refused (429) for being over a key's limits.",
+                                      labels=["key"])
+        prompt = CounterMetricFamily("labs_key_prompt_tokens", "Prompt (and embedded) tokens processed, by API key.",
+                                     labels=["key"])
+        generated = CounterMetricFamily("labs_key_generation_tokens", "Tokens generated, by API key.", labels=["key"])
+        in_flight = GaugeMetricFamily("labs_key_requests_in_flight", "Requests being answered, by API key.",
+                                      labels=["key"])
+        for name in self._limiter.names():
+            snapshot = self._limiter.snapshot(name)
+            requests.add_metric([name], snapshot.requests)
+            limited.add_metric([name], snapshot.rate_limited)
+            prompt.add_metric([name], snapshot.prompt_tokens)
+            generated.add_metric([name], snapshot.generated_tokens)
+            in_flight.add_metric([name], snapshot.in_flight)
+        return [requests, limited, prompt, generated, in_flight]
 
 
 class _EngineCollector(Collector):

@@ -1,4 +1,5 @@
-"""ASGI middleware: body size limit and per-request metrics (pure ASGI, so streams are not buffered)."""
+"""ASGI middleware: body size limit, per-request metrics and rate-limit headers (pure ASGI, so streams are
+not buffered)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from labs.api.errors import APIError
 from labs.api.metrics import Metrics
+from labs.api.rate_limits import RateLimiter, rate_limit_headers
 
 
 class _TooLarge(StarletteHTTPException):
@@ -110,3 +112,27 @@ def _route_template(scope: Scope) -> str:
     route: Any = scope.get("route")
     path = getattr(route, "path", None) or getattr(route, "path_format", None)
     return path if isinstance(path, str) else "unmatched"
+
+
+class RateLimitHeaders:
+    """OpenAI's x-ratelimit-* headers on every response to a key with rate limits (429s included), as
+    they stand when the response starts. The caller is the one `require_api_key` put in the request's state."""
+
+    def __init__(self, app: ASGIApp, limiter: RateLimiter) -> None:
+        self.app = app
+        self.limiter = limiter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            caller = scope.get("state", {}).get("caller")
+            if message["type"] == "http.response.start" and caller is not None and caller.limits.any_rate:
+                headers = rate_limit_headers(self.limiter.snapshot(caller.name))
+                message = {**message, "headers": [*message.get("headers", []),
+                                                  *((name.encode(), value.encode()) for name, value in headers.items())]}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)

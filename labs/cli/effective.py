@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from labs.config import KEYS, Settings
+from labs.config.keys import NamedKey
 from labs.errors import LabsError
 
 
@@ -49,8 +50,18 @@ def effective_config(settings: Settings) -> dict[str, Any]:
                     "source": settings.alias_sources[alias]}
             for alias, entry in settings.adapter_aliases.items()
         },
+        "api_keys": {name: _key_row(key) for name, key in settings.named_keys.items()},
         "resolved": resolved,
     }
+
+
+def _key_row(key: NamedKey) -> dict[str, Any]:
+    """A named key's limits and where its secret comes from: never the secret, nor its digest (a digest
+    of a guessable key can be checked against guesses offline)."""
+    return {"secret": key.secret_from, "requests_per_minute": key.requests_per_minute,
+            "tokens_per_minute": key.tokens_per_minute, "max_concurrent": key.max_concurrent,
+            "models": list(key.models) if key.models is not None else "all", "priority": key.priority,
+            "source": key.source}
 
 
 def _with_recommended(rows: list[dict[str, Any]], settings: Settings, recommended: dict[str, Any]) -> None:

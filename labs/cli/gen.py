@@ -209,6 +209,12 @@ def _print_config(settings: Settings, as_json: bool) -> None:
         table.add_row(row["key"], str(row["value"]), row["source"])
     for alias, row in report["model_aliases"].items():
         table.add_row(f"models.{alias}", row["target"], row["source"])
+    for name, row in report["api_keys"].items():
+        limits = ", ".join(f"{field} {row[field]}" for field in ("requests_per_minute", "tokens_per_minute", "max_concurrent")
+                           if row[field] is not None) or "no limits"
+        models = row["models"] if row["models"] == "all" else ", ".join(row["models"])
+        table.add_row(f"keys.{name}", f"{limits}; models: {models}; priority {row['priority']}",
+                      f"{row['source']} (secret: {row['secret']})")
     console = Console(width=max(Console().width, 120))
     console.print(table)
     console.print(f"config file: {report['config_file'] or 'none (./labs.toml and $LABS_HOME/labs.toml absent)'}")

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 from dotenv import dotenv_values
 
+from labs.config.keys import NamedKey, check_unnamed_keys, parse_keys
 from labs.config.schema import KEYS, KEYS_BY_DOTTED, KEYS_BY_ENV, TABLES, Key, ValueProblem
 from labs.errors import ConfigError
 
@@ -44,7 +45,7 @@ class AdapterAlias:
 
 @dataclass
 class Settings:
-    """Effective configuration: values by dotted key, where each came from, and model aliases."""
+    """Effective configuration: values by dotted key, where each came from, model aliases and named API keys."""
 
     values: dict[str, Any]
     sources: dict[str, str]
@@ -52,10 +53,11 @@ class Settings:
     alias_sources: dict[str, str] = field(default_factory=dict)
     config_file: Path | None = None
     adapter_aliases: dict[str, AdapterAlias] = field(default_factory=dict)
+    named_keys: dict[str, NamedKey] = field(default_factory=dict)
 
     def __getattr__(self, table: str) -> SimpleNamespace:
         """`settings.generation.temperature` reads `values["generation.temperature"]`."""
-        if table not in TABLES or table == "models":
+        if table not in TABLES or table in ("models", "keys"):
             raise AttributeError(table)
         prefix = f"{table}."
         return SimpleNamespace(**{k[len(prefix):]: v for k, v in self.values.items() if k.startswith(prefix)})
@@ -68,7 +70,7 @@ class Settings:
             values[dotted] = _parse(key, given.value, f"flag {given.flag}")
             sources[dotted] = f"flag {given.flag}"
         result = Settings(values, sources, dict(self.model_aliases), dict(self.alias_sources), self.config_file,
-                          dict(self.adapter_aliases))
+                          dict(self.adapter_aliases), dict(self.named_keys))
         _check_combinations(result)
         return result
 
@@ -107,6 +109,7 @@ def load_settings(
     aliases: dict[str, str] = {}
     alias_sources: dict[str, str] = {}
     adapters: dict[str, AdapterAlias] = {}
+    named_keys: dict[str, NamedKey] = {}
     if config_file is not None:
         document = _read_toml(config_file)
         origin = f"file {config_file}"
@@ -120,13 +123,15 @@ def load_settings(
             else:
                 aliases[alias] = _alias_target(alias, target, config_file)
             alias_sources[alias] = origin
+        named_keys = parse_keys(document.get("keys", {}), config_file, env)
 
     for key in KEYS:
         if key.dotted not in ("paths.home", "paths.config"):
             apply_env_and_cli(key)
 
-    _warn_unknown_env(env, env_sources)
-    settings = Settings(values, sources, aliases, alias_sources, config_file, adapters)
+    secret_variables = {key.env for key in named_keys.values()}  # named by [keys], not unknown settings
+    _warn_unknown_env({name: value for name, value in env.items() if name not in secret_variables}, env_sources)
+    settings = Settings(values, sources, aliases, alias_sources, config_file, adapters, named_keys)
     _check_combinations(settings)
     return settings
 
@@ -201,7 +206,7 @@ def _flatten(document: dict[str, Any], path: Path) -> dict[str, Any]:
             raise ConfigError(f"unknown table [{table}] in {path}{_did_you_mean(table, TABLES)}; known tables: {', '.join(TABLES)}")
         if not isinstance(content, dict):
             raise ConfigError(f"'{table}' in {path} must be a table ([{table}]), got {content!r}")
-        if table == "models":
+        if table in ("models", "keys"):  # free-form tables, read apart
             continue
         for name, raw in content.items():
             dotted = f"{table}.{name}"
@@ -259,3 +264,4 @@ def _check_combinations(settings: Settings) -> None:
             "load_in_4bit and load_in_8bit are both on "
             f"({sources['quantization.load_in_4bit']}; {sources['quantization.load_in_8bit']}): choose one"
         )
+    check_unnamed_keys(settings.named_keys, values["server.api_keys"], sources["server.api_keys"])

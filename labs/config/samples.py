@@ -30,6 +30,24 @@ TOML_MODELS = """\
 # support-tone = { base = "smollm2-135m-instruct", adapter = "/adapters/support-tone" }
 """
 
+TOML_KEYS = """\
+# Named API keys, each with its own limits: one [keys.NAME] table per key (NAME: letters, digits,
+# - and _). Clients send the key as 'Authorization: Bearer KEY' (or 'x-api-key: KEY'). Give the
+# secret as its SHA-256 (printf %s KEY | sha256sum) or as env = "VARIABLE" holding the key. Every
+# limit is optional (absent: none); over one, requests get 429 with Retry-After. Keys in
+# LABS_API_KEY keep working, without limits. With any key configured, every request needs one.
+# [keys.alice]
+#   sha256 = "<the 64 hex digits printf %s KEY | sha256sum prints>"
+#   requests_per_minute = 60       # requests started (bursts up to this many, then limit/60 a second)
+#   tokens_per_minute = 20000      # prompt + generated tokens
+#   max_concurrent = 4             # requests in flight at once
+#   models = ["smollm2-135m-instruct"]  # the models this key may use (absent: all)
+#   priority = "interactive"       # or "batch" / "low"
+# [keys.nightly-jobs]
+#   env = "NIGHTLY_JOBS_KEY"
+#   priority = "batch"
+"""
+
 ENV_HEADER = """\
 # Environment overrides for labs (copy to .env; real environment variables win over .env).
 # Only uncommented lines take effect. See labs.toml for what each key does.
@@ -67,7 +85,7 @@ def render_toml() -> str:
         lines.append(f"# env {key.env}" + (f", flag {key.flag}" if key.flag else ""))
         lines.append(f"# {key.name} = {_toml_value(key.default)}")
         lines.append("")
-    return "\n".join(lines) + "\n" + TOML_MODELS
+    return "\n".join(lines) + "\n" + TOML_MODELS + "\n" + TOML_KEYS
 
 
 def render_env() -> str:

@@ -313,8 +313,9 @@ KEYS: tuple[Key, ...] = (
     _key("server", "preload_on_start", _boolean, False,
          "Load the default model before the API accepts traffic."),
     _key("server", "api_keys", _text_list, (),
-         "API keys clients must send as 'Authorization: Bearer KEY' (several: comma-separated). "
-         "Empty: no key needed. /health never needs one.", env="LABS_API_KEY", secret=True),
+         "API keys clients must send as 'Authorization: Bearer KEY' (several: comma-separated); they have "
+         "no name or limits ([keys.NAME] tables in labs.toml do). With no key here or in [keys], no key is "
+         "needed. /health never needs one.", env="LABS_API_KEY", secret=True),
     _key("server", "cors_origins", _text_list, (),
          "Browser origins allowed to call the API (comma-separated, * for any). Empty: none.",
          env="LABS_CORS_ORIGINS"),
@@ -444,4 +445,4 @@ KEYS: tuple[Key, ...] = (
 
 KEYS_BY_DOTTED: dict[str, Key] = {key.dotted: key for key in KEYS}
 KEYS_BY_ENV: dict[str, Key] = {key.env: key for key in KEYS}
-TABLES: tuple[str, ...] = ("generation", "quantization", "server", "engine", "embeddings", "rag", "paths", "models")
+TABLES: tuple[str, ...] = ("generation", "quantization", "server", "engine", "embeddings", "rag", "paths", "models", "keys")

@@ -15,6 +15,7 @@ from typing import Any
 from labs.config import Settings
 from labs.embeddings.batcher import EmbeddingBatcher
 from labs.embeddings.model import EmbeddingInput, EmbeddingModel, EmbeddingResult, load_embedding_model
+from labs.serving.accounts import Account, check_model
 from labs.serving.models import ModelNotAvailableError
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,10 @@ class EmbeddingService:
                     self.loaded_at = time.time()
         return self._model
 
-    async def embed(self, inputs: Sequence[EmbeddingInput]) -> EmbeddingResult:
+    async def embed(self, inputs: Sequence[EmbeddingInput], account: Account | None = None) -> EmbeddingResult:
+        """Embed the inputs (batched with other requests'); the account, if given, must be allowed this
+        model and is charged the tokens embedded, as prompt tokens."""
+        check_model(account, self.model_id)
         await self.model()
         assert self._batcher is not None
         started = time.perf_counter()
@@ -64,6 +68,8 @@ class EmbeddingService:
             self.metrics.embedding_inputs.inc(len(inputs))
             self.metrics.embedding_tokens.inc(sum(result.token_counts))
             self.metrics.embedding_seconds.observe(time.perf_counter() - started)
+        if account is not None:
+            account.charge(sum(result.token_counts), 0)
         return result
 
     async def close(self) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from labs.config import Settings
 from labs.engine.sampling import SamplingParams
+from labs.serving.accounts import Account, check_model
 from labs.serving.documents import DocumentsService
 from labs.serving.embedding_service import EmbeddingService
 from labs.serving.errors import GenerationFailedError, InvalidTurnError, TurnAbortedError
@@ -58,11 +59,12 @@ class Serving:
     limits: Limits
     metrics: Any = None  # has time_to_first_token / time_per_output_token histograms, or None
 
-    async def open_turn(self, turn: Turn) -> "TurnEvents":
+    async def open_turn(self, turn: Turn, account: Account | None = None) -> "TurnEvents":
         """Check and prepare the turn; its events then stream from the returned iterator.
 
-        Everything that can be the request's fault raises here, before `Started`."""
-        events = self._run(turn)
+        Everything that can be the request's fault raises here, before `Started`; the model is checked
+        against the account's (when given) before it is loaded, and the account is charged the tokens."""
+        events = self._run(turn, account)
         try:
             first = await events.__anext__()
         except BaseException:
@@ -78,9 +80,10 @@ class Serving:
             await events.aclose()
 
     async def tokenize(self, turn: Turn, *, add_special_tokens: bool = True,
-                       add_generation_prompt: bool | None = None) -> "Tokenized":
+                       add_generation_prompt: bool | None = None, account: Account | None = None) -> "Tokenized":
         """The prompt ids a turn would send (chat template and tools included), without generating."""
         check_turn(turn, self.limits)
+        self.model_for(account, turn.model)
         async with self.models.use(turn.model) as served:
             if turn.prompt is not None and turn.messages is None:
                 ids = list(served.tokenizer(turn.prompt, add_special_tokens=add_special_tokens)["input_ids"])
@@ -88,10 +91,17 @@ class Serving:
                 ids = prompt_ids(turn, served, self.settings, add_generation_prompt=add_generation_prompt)
             return Tokenized(served.id, ids, served.context_length)
 
+    def model_for(self, account: Account | None, requested: str | None) -> str:
+        """The served id `requested` names, if the account may use it (ModelNotAllowedError if not)."""
+        model_id = self.models.resolve_id(requested)
+        check_model(account, model_id)
+        return model_id
+
     # ------------------------------------------------------------------ routing
 
-    async def _run(self, turn: Turn) -> AsyncIterator[Event]:
+    async def _run(self, turn: Turn, account: Account | None) -> AsyncIterator[Event]:
         check_turn(turn, self.limits)
+        self.model_for(account, turn.model)
         answer = await self._answer_from_data(turn)
         if answer is not None:
             for event in _data_answer_events(answer, self.models.resolve_id(turn.model), turn.id_prefix):
@@ -117,7 +127,7 @@ class Serving:
                     plural = "s" if prepared.dropped != 1 else ""
                     yield Notice(f"the conversation is longer than the model's context: the {prepared.dropped} oldest "
                                  f"message{plural} left the prompt", dropped=prepared.dropped)
-                async for event in self._generate(prepared, params, stream, timing):
+                async for event in self._generate(prepared, params, stream, timing, account):
                     yield event
             finally:
                 await stream.aclose()
@@ -165,16 +175,21 @@ class Serving:
     # ------------------------------------------------------------------ generation
 
     async def _generate(self, prepared: PreparedPrompt, params: SamplingParams, stream: Any,
-                        timing: Timing) -> AsyncIterator[Event]:
-        """The engine's outputs of a queued request as events (the caller closes the stream)."""
+                        timing: Timing, account: Account | None) -> AsyncIterator[Event]:
+        """The engine's outputs of a queued request as events (the caller closes the stream); the account
+        is charged the prompt with the first output and each output's new tokens as they come."""
         splitters = [prepared.reasoning.splitter() for _ in range(params.n)]
         held = [""] * params.n  # with tools, a sample's text is held until it ends: a call is known only then
         completion = [0] * params.n
         prompt_tokens, cached = len(prepared.ids), 0
+        prompt_charged = account is None
         async for out in stream:
             timing.saw(out)
             prompt_tokens, cached = out.prompt_tokens or len(prepared.ids), out.cached_prompt_tokens
             completion[out.index] += len(out.new_token_ids)
+            if account is not None:
+                account.charge(0 if prompt_charged else prompt_tokens, len(out.new_token_ids))
+                prompt_charged = True
             if out.finish_reason == "error":
                 raise GenerationFailedError(out.error or "generation failed")
             if out.finish_reason == "abort":  # a client's own abort closes this generator instead

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from labs.api.logprobs import chat_logprobs_content
 from labs.api.running import prioritized, until_disconnected
 from labs.api.schemas import ChatCompletionRequest
-from labs.api.security import require_api_key
+from labs.api.security import KeyAccount, admit_request, require_api_key
 from labs.api.sse import data_event, event_stream_response, openai_stream
 from labs.api.state import ServerState, get_state
 from labs.api.translate import chat_turn
@@ -22,9 +22,10 @@ router = APIRouter(dependencies=[Depends(require_api_key)], tags=["OpenAI"])
 
 
 @router.post("/v1/chat/completions", summary="Chat completion (OpenAI-compatible)")
-async def chat_completions(body: ChatCompletionRequest, request: Request, state: ServerState = Depends(get_state)) -> Any:
+async def chat_completions(body: ChatCompletionRequest, request: Request, state: ServerState = Depends(get_state),
+                           account: KeyAccount | None = Depends(admit_request)) -> Any:
     turn = chat_turn(body)
-    events = await state.serving.open_turn(prioritized(request, turn))
+    events = await state.serving.open_turn(prioritized(request, turn), account)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return event_stream_response(openai_stream(_chunks(events, include_usage)))

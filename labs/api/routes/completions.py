@@ -17,7 +17,7 @@ from labs.api.errors import bad_request
 from labs.api.logprobs import completion_logprobs
 from labs.api.running import prioritized, until_disconnected
 from labs.api.schemas import CompletionRequest
-from labs.api.security import require_api_key
+from labs.api.security import KeyAccount, admit_request, require_api_key
 from labs.api.sse import data_event, event_stream_response, openai_stream
 from labs.api.state import ServerState, get_state
 from labs.api.translate import guided_decoding, requested_sampling
@@ -58,14 +58,15 @@ def _turn(body: CompletionRequest, prompt: str | list[int]) -> Turn:
 
 
 @router.post("/v1/completions", summary="Text completion (OpenAI legacy API)")
-async def completions(body: CompletionRequest, request: Request, state: ServerState = Depends(get_state)) -> Any:
+async def completions(body: CompletionRequest, request: Request, state: ServerState = Depends(get_state),
+                      account: KeyAccount | None = Depends(admit_request)) -> Any:
     _check_fields(body)
     prompts = _prompts(body)
     check_input_chars(sum(len(p) for p in prompts if isinstance(p, str)), state.limits, "prompt")
     opened: list[TurnEvents] = []
     try:
         for prompt in prompts:  # every prompt is checked before anything is generated or streamed
-            opened.append(await state.serving.open_turn(prioritized(request, _turn(body, prompt))))
+            opened.append(await state.serving.open_turn(prioritized(request, _turn(body, prompt)), account))
     except BaseException:
         await asyncio.gather(*(events.aclose() for events in opened))
         raise

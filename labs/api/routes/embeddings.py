@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 
 from labs.api.errors import bad_request
 from labs.api.schemas import EmbeddingRequest, SimilarityRequest
-from labs.api.security import require_api_key
+from labs.api.security import KeyAccount, admit_request, require_api_key
 from labs.api.state import ServerState, get_state
 from labs.serving.sampling import Limits
 from labs.serving.text import check_text
@@ -46,13 +46,14 @@ def _truncation_headers(truncated: list[bool]) -> dict[str, str]:
 
 
 @router.post("/v1/embeddings", summary="Embed texts (OpenAI-compatible)")
-async def create_embeddings(body: EmbeddingRequest, state: ServerState = Depends(get_state)) -> Any:
+async def create_embeddings(body: EmbeddingRequest, state: ServerState = Depends(get_state),
+                            account: KeyAccount | None = Depends(admit_request)) -> Any:
     state.embeddings.check_model(body.model)
     inputs = _inputs(body.input)
     _check_count(len(inputs), state.limits, "input")
     check_text(inputs, "input")
     check_input_chars(sum(len(item) for item in inputs if isinstance(item, str)), state.limits, "input")
-    result = await state.embeddings.embed(inputs)
+    result = await state.embeddings.embed(inputs, account)
     vectors = result.vectors
     if body.dimensions is not None:
         try:
@@ -73,7 +74,8 @@ async def create_embeddings(body: EmbeddingRequest, state: ServerState = Depends
 
 
 @router.post("/v1/similarities", summary="Cosine similarity matrix of texts")
-async def similarities(body: SimilarityRequest, state: ServerState = Depends(get_state)) -> Any:
+async def similarities(body: SimilarityRequest, state: ServerState = Depends(get_state),
+                       account: KeyAccount | None = Depends(admit_request)) -> Any:
     if body.texts is not None and body.sentences is not None:
         raise bad_request("give texts or sentences, not both", param="texts")
     texts = body.texts if body.texts is not None else body.sentences
@@ -83,7 +85,7 @@ async def similarities(body: SimilarityRequest, state: ServerState = Depends(get
     _check_count(len(texts), state.limits, "texts")
     check_text(texts, "texts")
     check_input_chars(sum(len(text) for text in texts), state.limits, "texts")
-    result = await state.embeddings.embed(texts)
+    result = await state.embeddings.embed(texts, account)
     return JSONResponse(
         {"object": "similarities", "model": state.embeddings.model_id, "texts": texts,
          "similarities": cosine_similarity_matrix(result.vectors),

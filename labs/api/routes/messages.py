@@ -33,7 +33,7 @@ from labs.api.anthropic_shapes import (
 from labs.api.errors import register_error_shape, to_api_error
 from labs.api.routes.chat import rag_field
 from labs.api.running import prioritized, until_disconnected
-from labs.api.security import require_api_key
+from labs.api.security import KeyAccount, admit_request, caller_account, require_api_key
 from labs.api.sse import event_stream_response
 from labs.api.state import ServerState, get_state
 from labs.serving.events import Event, Finish, ReasoningDelta, Sources, Started, TextDelta, ToolCalls, Usage
@@ -45,8 +45,9 @@ register_error_shape("/v1/messages", error_response)
 
 
 @router.post("/v1/messages", summary="Create a message (Anthropic-compatible)")
-async def create_message(body: MessagesRequest, request: Request, state: ServerState = Depends(get_state)) -> Any:
-    events = await state.serving.open_turn(prioritized(request, messages_turn(body)))
+async def create_message(body: MessagesRequest, request: Request, state: ServerState = Depends(get_state),
+                         account: KeyAccount | None = Depends(admit_request)) -> Any:
+    events = await state.serving.open_turn(prioritized(request, messages_turn(body)), account)
     stop_sequences = body.stop_sequences or []
     if body.stream:
         return event_stream_response(_stream(events, stop_sequences))
@@ -58,8 +59,9 @@ async def create_message(body: MessagesRequest, request: Request, state: ServerS
 
 
 @router.post("/v1/messages/count_tokens", summary="Count a message's input tokens (Anthropic-compatible)")
-async def count_tokens(body: CountTokensRequest, state: ServerState = Depends(get_state)) -> Any:
-    tokenized = await state.serving.tokenize(count_turn(body))
+async def count_tokens(body: CountTokensRequest, state: ServerState = Depends(get_state),
+                       account: KeyAccount | None = Depends(caller_account)) -> Any:
+    tokenized = await state.serving.tokenize(count_turn(body), account=account)
     return JSONResponse({"input_tokens": len(tokenized.ids)})
 
 

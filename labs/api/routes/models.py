@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
 from labs.api.errors import APIError, bad_request
-from labs.api.security import require_api_key
+from labs.api.security import KeyAccount, caller_account, require_api_key
 from labs.api.state import ServerState, get_state
 from labs.serving.errors import AdapterError, EngineRequestError
 from labs.serving.models import AdapterNameTakenError
@@ -19,7 +19,8 @@ from labs.serving.models import AdapterNameTakenError
 router = APIRouter(dependencies=[Depends(require_api_key)], tags=["OpenAI"])
 
 
-def _cards(state: ServerState) -> list[dict[str, Any]]:
+def _cards(state: ServerState, account: KeyAccount | None) -> list[dict[str, Any]]:
+    """The models the caller may use (all of them when the server has no keys)."""
     cards = []
     for model_id in state.models.available_ids():
         adapter = state.models.adapter(model_id)
@@ -32,24 +33,29 @@ def _cards(state: ServerState) -> list[dict[str, Any]]:
         if adapter is not None:
             card |= {"type": "lora", "parent": adapter.base_id, "loaded": served is not None and model_id in served.engine.adapters()}
         cards.append(card)
+    return [card for card in [*cards, _embedding_card(state)] if account is None or account.allows(card["id"])]
+
+
+def _embedding_card(state: ServerState) -> dict[str, Any]:
     embeddings = state.embeddings
-    cards.append({"id": embeddings.model_id, "object": "model", "created": int(embeddings.loaded_at or 0),
-                  "owned_by": "labs", "type": "embedding", "loaded": embeddings.loaded,
-                  "dimensions": embeddings.dimension})
-    return cards
+    return {"id": embeddings.model_id, "object": "model", "created": int(embeddings.loaded_at or 0),
+            "owned_by": "labs", "type": "embedding", "loaded": embeddings.loaded, "dimensions": embeddings.dimension}
 
 
 @router.get("/v1/models", summary="List models")
-async def list_models(state: ServerState = Depends(get_state)) -> dict[str, Any]:
-    return {"object": "list", "data": _cards(state)}
+async def list_models(state: ServerState = Depends(get_state),
+                      account: KeyAccount | None = Depends(caller_account)) -> dict[str, Any]:
+    return {"object": "list", "data": _cards(state, account)}
 
 
 @router.get("/v1/models/{model_id:path}", summary="Describe one model")
-async def get_model(model_id: str, state: ServerState = Depends(get_state)) -> dict[str, Any]:
-    for card in _cards(state):
+async def get_model(model_id: str, state: ServerState = Depends(get_state),
+                    account: KeyAccount | None = Depends(caller_account)) -> dict[str, Any]:
+    cards = _cards(state, account)
+    for card in cards:
         if card["id"] == model_id:
             return card
-    available = [card["id"] for card in _cards(state)]
+    available = [card["id"] for card in cards]
     raise APIError(404, f"the model {model_id!r} does not exist on this server; available models: {', '.join(available)}",
                    param="model", code="model_not_found")
 

@@ -22,12 +22,13 @@ from labs import __version__
 from labs.api import ollama_shapes as shapes
 from labs.api.errors import APIError, bad_request, register_error_shape, to_api_error
 from labs.api.running import prioritized, until_disconnected
-from labs.api.security import require_api_key
+from labs.api.security import KeyAccount, admit_request, caller_account, require_api_key
 from labs.api.state import ServerState, get_state
 from labs.embeddings.vectors import truncate_dimensions
 from labs.errors import LabsError
 from labs.models.embedded import EMBEDDED_CHAT_MODELS
 from labs.models.resolve import follow_aliases, resolve_model
+from labs.serving.accounts import check_model
 from labs.serving.events import Finish, ReasoningDelta, TextDelta, ToolCalls, Usage
 from labs.serving.models import ModelNotAvailableError
 from labs.serving.text import check_text
@@ -116,17 +117,19 @@ async def version() -> dict[str, str]:
 
 
 @router.get("/api/tags", summary="List the chat models (Ollama)")
-async def tags(state: ServerState = Depends(get_state)) -> dict[str, Any]:
+async def tags(state: ServerState = Depends(get_state), account: KeyAccount | None = Depends(caller_account)) -> dict[str, Any]:
     def listing() -> list[dict[str, Any]]:
         return [shapes.tag_entry(model_id, state.models.loaded(model_id), _files(state, model_id))
-                for model_id in state.models.available_ids()]
+                for model_id in state.models.available_ids() if account is None or account.allows(model_id)]
 
     return {"models": await asyncio.to_thread(listing)}
 
 
 @router.post("/api/show", summary="Describe one model (Ollama)")
-async def show(body: shapes.OllamaShowRequest, state: ServerState = Depends(get_state)) -> dict[str, Any]:
+async def show(body: shapes.OllamaShowRequest, state: ServerState = Depends(get_state),
+               account: KeyAccount | None = Depends(caller_account)) -> dict[str, Any]:
     model_id = _chat_model(state, body.model or body.name or "")
+    check_model(account, model_id)
 
     def describe() -> dict[str, Any]:
         return shapes.show_body(model_id, state.models.loaded(model_id), _files(state, model_id))
@@ -135,10 +138,10 @@ async def show(body: shapes.OllamaShowRequest, state: ServerState = Depends(get_
 
 
 @router.get("/api/ps", summary="The models in memory (Ollama)")
-async def ps(state: ServerState = Depends(get_state)) -> dict[str, Any]:
+async def ps(state: ServerState = Depends(get_state), account: KeyAccount | None = Depends(caller_account)) -> dict[str, Any]:
     def listing() -> list[dict[str, Any]]:
         return [shapes.ps_entry(served, _files(state, served.id), _expires_at(state, served))
-                for served in state.models.loaded_models()]
+                for served in state.models.loaded_models() if account is None or account.allows(served.id)]
 
     return {"models": await asyncio.to_thread(listing)}
 
@@ -147,22 +150,27 @@ async def ps(state: ServerState = Depends(get_state)) -> dict[str, Any]:
 
 
 @router.post("/api/chat", summary="Chat (Ollama)")
-async def chat(body: shapes.OllamaChatRequest, request: Request, state: ServerState = Depends(get_state)) -> Any:
+async def chat(body: shapes.OllamaChatRequest, request: Request, state: ServerState = Depends(get_state),
+               account: KeyAccount | None = Depends(admit_request)) -> Any:
     clock = shapes.Clock()
     model_id = _chat_model(state, body.model)
+    check_model(account, model_id)
     if not body.messages:
         return await _load(state, "chat", body.model, model_id, body.keep_alive)
-    return await _answer(state, request, "chat", body.model, shapes.chat_turn(body, model_id), body.stream, clock)
+    return await _answer(state, request, account, "chat", body.model, shapes.chat_turn(body, model_id), body.stream,
+                         clock)
 
 
 @router.post("/api/generate", summary="Generate from a prompt (Ollama)")
-async def generate(body: shapes.OllamaGenerateRequest, request: Request, state: ServerState = Depends(get_state)) -> Any:
+async def generate(body: shapes.OllamaGenerateRequest, request: Request, state: ServerState = Depends(get_state),
+                   account: KeyAccount | None = Depends(admit_request)) -> Any:
     clock = shapes.Clock()
     model_id = _chat_model(state, body.model)
+    check_model(account, model_id)
     if not body.prompt and not body.images:
         return await _load(state, "generate", body.model, model_id, body.keep_alive)
-    return await _answer(state, request, "generate", body.model, shapes.generate_turn(body, model_id), body.stream,
-                         clock)
+    return await _answer(state, request, account, "generate", body.model, shapes.generate_turn(body, model_id),
+                         body.stream, clock)
 
 
 async def _load(state: ServerState, kind: str, name: str, model_id: str, keep_alive: Any) -> JSONResponse:
@@ -178,9 +186,9 @@ async def _load(state: ServerState, kind: str, name: str, model_id: str, keep_al
     return JSONResponse({**shapes.chunk(kind, name, done=True), "done_reason": reason})
 
 
-async def _answer(state: ServerState, request: Request, kind: str, name: str, turn: Turn, stream: bool | None,
-                  clock: shapes.Clock) -> Any:
-    events = await state.serving.open_turn(prioritized(request, turn))  # a bad request fails here, before any line is sent
+async def _answer(state: ServerState, request: Request, account: KeyAccount | None, kind: str, name: str, turn: Turn,
+                  stream: bool | None, clock: shapes.Clock) -> Any:
+    events = await state.serving.open_turn(prioritized(request, turn), account)  # a bad request fails here, before any line is sent
     clock.mark_ready()
     if stream is not False:
         return StreamingResponse(_lines(kind, name, events, clock), media_type="application/x-ndjson",
@@ -237,7 +245,8 @@ async def _lines(kind: str, name: str, events: TurnEvents, clock: shapes.Clock) 
 # ---------------------------------------------------------------------------------------------- embeddings
 
 
-async def _embed(state: ServerState, inputs: list[str], truncate: bool) -> tuple[Any, int, int]:
+async def _embed(state: ServerState, inputs: list[str], truncate: bool,
+                 account: KeyAccount | None) -> tuple[Any, int, int]:
     """(vectors, tokens, load nanoseconds) for the texts; an empty list only loads the model."""
     check_text(inputs, "input")
     if len(inputs) > state.limits.max_embedding_inputs:
@@ -249,18 +258,19 @@ async def _embed(state: ServerState, inputs: list[str], truncate: bool) -> tuple
     loaded = time.perf_counter_ns() - started
     if not inputs:
         return [], 0, loaded
-    result = await state.embeddings.embed(inputs)
+    result = await state.embeddings.embed(inputs, account)
     if not truncate and any(result.truncated):
         raise bad_request("the input length exceeds the context length (send truncate=true to cut it)", param="input")
     return result.vectors, sum(result.token_counts), loaded
 
 
 @router.post("/api/embed", summary="Embed texts (Ollama)")
-async def embed(body: shapes.OllamaEmbedRequest, state: ServerState = Depends(get_state)) -> dict[str, Any]:
+async def embed(body: shapes.OllamaEmbedRequest, state: ServerState = Depends(get_state),
+                account: KeyAccount | None = Depends(admit_request)) -> dict[str, Any]:
     started = time.perf_counter_ns()
     _embedding_model(state, body.model)
     inputs = [body.input] if isinstance(body.input, str) else list(body.input)
-    vectors, tokens, loaded = await _embed(state, inputs, body.truncate is not False)
+    vectors, tokens, loaded = await _embed(state, inputs, body.truncate is not False, account)
     if body.dimensions is not None and len(vectors):
         vectors = truncate_dimensions(vectors, body.dimensions)
     return {"model": body.model, "embeddings": [[float(x) for x in vector] for vector in vectors],
@@ -268,7 +278,8 @@ async def embed(body: shapes.OllamaEmbedRequest, state: ServerState = Depends(ge
 
 
 @router.post("/api/embeddings", summary="Embed one text (Ollama's older endpoint)")
-async def embeddings(body: shapes.OllamaEmbeddingsRequest, state: ServerState = Depends(get_state)) -> dict[str, Any]:
+async def embeddings(body: shapes.OllamaEmbeddingsRequest, state: ServerState = Depends(get_state),
+                     account: KeyAccount | None = Depends(admit_request)) -> dict[str, Any]:
     _embedding_model(state, body.model)
-    vectors, _, _ = await _embed(state, [body.prompt] if body.prompt else [], True)
+    vectors, _, _ = await _embed(state, [body.prompt] if body.prompt else [], True, account)
     return {"embedding": [float(x) for x in vectors[0]] if len(vectors) else []}

@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse
 from labs.api.errors import APIError, bad_request
 from labs.api.running import prioritized, until_disconnected
 from labs.api.schemas import DocumentsQueryRequest, TransactionsQueryRequest
-from labs.api.security import require_api_key
+from labs.api.security import KeyAccount, admit_request, require_api_key
 from labs.api.sse import data_event, event_stream_response, openai_stream
 from labs.api.state import ServerState, get_state
 from labs.serving.events import Finish, Sources, TextDelta, Usage
@@ -53,14 +53,15 @@ def _question(body: Any, state: ServerState) -> str:
     return question
 
 
-@router.post("/v1/rag/transactions/query", summary="Answer a question exactly from the transactions table")
+@router.post("/v1/rag/transactions/query", summary="Answer a question exactly from the transactions table",
+             dependencies=[Depends(admit_request)])
 async def transactions_query(body: TransactionsQueryRequest, state: ServerState = Depends(get_state)) -> dict[str, Any]:
     answer = await asyncio.to_thread(state.transactions.query, _question(body, state))
     return {"answer": answer.answer, "data": answer.data, "kind": answer.kind, "source": answer.source}
 
 
 @router.post("/v1/rag/documents", summary="Add documents (upload files, or paths under LABS_RAG_INGEST_ROOT)",
-             openapi_extra=_UPLOAD_BODY)
+             openapi_extra=_UPLOAD_BODY, dependencies=[Depends(admit_request)])
 async def add_documents(request: Request, state: ServerState = Depends(get_state)) -> dict[str, Any]:
     model = await state.embeddings.model()
     content_type = request.headers.get("content-type", "")
@@ -114,12 +115,13 @@ async def delete_document(document_id: str, state: ServerState = Depends(get_sta
 
 
 @router.post("/v1/rag/query", summary="Answer from the documents, with sources")
-async def documents_query(body: DocumentsQueryRequest, request: Request, state: ServerState = Depends(get_state)) -> Any:
+async def documents_query(body: DocumentsQueryRequest, request: Request, state: ServerState = Depends(get_state),
+                          account: KeyAccount | None = Depends(admit_request)) -> Any:
     turn = Turn(prompt=_question(body, state), model=body.model, use_data=False, use_docs=True,
                 docs_top_k=body.top_k, docs_score_threshold=body.score_threshold, id_prefix="rag",
                 messages_param="question",
                 sampling=RequestedSampling(max_tokens=body.max_tokens, temperature=body.temperature, seed=body.seed))
-    events = await state.serving.open_turn(prioritized(request, turn))
+    events = await state.serving.open_turn(prioritized(request, turn), account)
     if body.stream:
         return event_stream_response(openai_stream(_stream(events, body.include_sources)))
     try:

@@ -32,7 +32,7 @@ from labs.api.responses_shapes import (
 )
 from labs.api.routes.chat import rag_field
 from labs.api.running import prioritized, until_disconnected
-from labs.api.security import require_api_key
+from labs.api.security import KeyAccount, admit_request, require_api_key
 from labs.api.sse import event_stream_response
 from labs.api.state import ServerState, get_state
 from labs.serving.conversations import ResponseStore, StoredResponse
@@ -53,7 +53,8 @@ def _not_found(id: str) -> APIError:
 
 
 @router.post("/v1/responses", summary="Create a response (OpenAI Responses API)")
-async def create_response(body: ResponsesRequest, request: Request, state: ServerState = Depends(get_state)) -> Any:
+async def create_response(body: ResponsesRequest, request: Request, state: ServerState = Depends(get_state),
+                          account: KeyAccount | None = Depends(admit_request)) -> Any:
     store = store_of(state)
     history: list[dict[str, Any]] = []
     if body.previous_response_id is not None:
@@ -63,7 +64,7 @@ async def create_response(body: ResponsesRequest, request: Request, state: Serve
                               param="previous_response_id", code="previous_response_not_found")
         history = previous.conversation
     call = responses_call(body, history)
-    events = await state.serving.open_turn(prioritized(request, call.turn))
+    events = await state.serving.open_turn(prioritized(request, call.turn), account)
     if body.stream:
         return event_stream_response(_stream(call, events, store))
     try:

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from labs.api.errors import bad_request, to_api_error
 from labs.api.running import prioritized, until_disconnected
 from labs.api.schemas import GenerateRequest
-from labs.api.security import require_api_key
+from labs.api.security import KeyAccount, admit_request, require_api_key
 from labs.api.sse import event_stream_response, text_event
 from labs.api.state import ServerState, get_state
 from labs.serving.events import Finish, TextDelta, Usage
@@ -42,9 +42,10 @@ def _turn(body: GenerateRequest) -> Turn:
 
 
 @router.post("/generate", summary="Generate text (simple API)")
-async def generate(body: GenerateRequest, request: Request, state: ServerState = Depends(get_state)) -> Any:
+async def generate(body: GenerateRequest, request: Request, state: ServerState = Depends(get_state),
+                   account: KeyAccount | None = Depends(admit_request)) -> Any:
     started = time.perf_counter()
-    events = await state.serving.open_turn(prioritized(request, _turn(body)))
+    events = await state.serving.open_turn(prioritized(request, _turn(body)), account)
     try:
         result = await until_disconnected(request, collect(events))
     finally:
@@ -61,9 +62,10 @@ async def generate(body: GenerateRequest, request: Request, state: ServerState =
 
 
 @router.post("/generate/stream", summary="Generate text as server-sent events (simple API)")
-async def generate_stream(body: GenerateRequest, request: Request, state: ServerState = Depends(get_state)) -> Any:
+async def generate_stream(body: GenerateRequest, request: Request, state: ServerState = Depends(get_state),
+                          account: KeyAccount | None = Depends(admit_request)) -> Any:
     started = time.perf_counter()
-    events = await state.serving.open_turn(prioritized(request, _turn(body)))
+    events = await state.serving.open_turn(prioritized(request, _turn(body)), account)
     return event_stream_response(_events(events, started))
 
 
