@@ -360,6 +360,10 @@ KEYS: tuple[Key, ...] = (
          "Requests that may wait for a slot; past it new requests are refused as overloaded (503)."),
     _key("engine", "max_num_seqs", integer_at_least(1), 128,
          "Sequences decoded together at most."),
+    _key("engine", "background_rows", integer_at_least(0), 4,
+         "While interactive requests run, lower-priority work (batch jobs, keys with priority low or batch) "
+         "keeps at most this many sequences running; the others pause, their cache kept, until the "
+         "interactive work is done. 0 pauses it entirely.", env="LABS_BACKGROUND_ROWS"),
     _key("engine", "max_batched_tokens", integer_at_least(16), 512,
          "Tokens per forward step (decode tokens plus prefill chunks): bounds a step's latency.",
          env="LABS_MAX_BATCHED_TOKENS"),

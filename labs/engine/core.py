@@ -41,6 +41,7 @@ class EngineConfig:
     block_size: int = 16
     max_num_seqs: int = 128  # running sequences at once
     max_batched_tokens: int = 512  # tokens per forward (decode tokens + prefill chunks)
+    background_rows: int = 4  # lower-priority sequences that keep running beside interactive work (the rest pause)
     max_queue: int = 256  # waiting requests before add_request refuses
     enable_prefix_caching: bool = True
     fused_forward: bool = True  # the lean Llama-family forward where it applies (labs.engine.fused_llama)
@@ -107,7 +108,8 @@ class EngineCore:
         if slots:
             self.runner.serve_adapters(self.adapters)
         self.scheduler = Scheduler(self.allocator, self.config.max_num_seqs, self.config.max_batched_tokens,
-                                   cache_namespace=self._cache_namespace, ready=lambda seq: self.adapters.is_resident(seq.adapter))
+                                   cache_namespace=self._cache_namespace, ready=lambda seq: self.adapters.is_resident(seq.adapter),
+                                   background_rows=self.config.background_rows)
         self.sampler = Sampler()
         self.eos_ids = eos_token_ids(model, tokenizer)
         self.vocab_size = model.get_output_embeddings().out_features

@@ -18,6 +18,7 @@ def engine_config_from_settings(settings: SimpleNamespace, page_bytes: int | Non
         kv_cache_memory=memory,
         max_num_seqs=engine.max_num_seqs,
         max_batched_tokens=engine.max_batched_tokens,
+        background_rows=engine.background_rows,
         max_queue=engine.max_queue,
         enable_prefix_caching=engine.prefix_caching,
         fused_forward=engine.fused_forward,

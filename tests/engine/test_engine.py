@@ -447,3 +447,29 @@ def test_waiting_batch_work_never_makes_an_interactive_request_busy(tiny_model_d
         asyncio.run(scenario())
     finally:
         engine.shutdown()
+
+
+def test_batch_work_pauses_beside_interactive_work_keeping_its_cache(tiny, tiny_reference) -> None:  # noqa: ANN001
+    core = tiny_core(tiny, max_num_seqs=16, background_rows=2)
+    sink = Collector()
+    batch = prompts_of_lengths([10] * 6, seed=9)
+    for i, prompt in enumerate(batch):
+        core.add_request(f"b{i}", prompt, SamplingParams(max_tokens=30, temperature=0, min_tokens=30), sink, priority=2)
+    core.step(), core.step()
+    assert len(core.scheduler.running) == 6
+    core.add_request("i", prompts_of_lengths([8], seed=10)[0], SamplingParams(max_tokens=6, temperature=0, min_tokens=6), sink)
+    used = core.allocator.num_used_blocks
+    steps = []
+    run = core.runner.run
+    core.runner.run = lambda scheduled: steps.append(scheduled) or run(scheduled)  # look at what each step runs
+    core.step()
+    ran = [p.seq.request_id for p in steps[0].prefills] + [seq.request_id for seq in steps[0].decodes]
+    assert "i" in ran and len([r for r in ran if r.startswith("b")]) == 2 and not steps[0].preempted
+    assert core.allocator.num_used_blocks >= used  # the paused ones keep their cache
+    run_all(core)
+    assert any(len(step.decodes) == 6 for step in steps[1:])  # all six again once the chat request is done
+    assert sink.tokens("i") == reference(tiny_reference, prompts_of_lengths([8], seed=10)[0], 6)
+    for i, prompt in enumerate(batch):
+        assert sink.tokens(f"b{i}") == reference(tiny_reference, prompt, 30), f"batch request {i}"
+    assert core.stats.preemptions_total == 0
+    assert_cache_empty(core)
