@@ -104,7 +104,7 @@ EXPOSE 8000
 STOPSIGNAL SIGTERM
 # Liveness: /health answers at once (the model loads on first use, or before traffic with
 # LABS_PRELOAD_ON_START=true; /ready says when it is in memory). No curl in the image: Python asks.
-HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
+HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('LABS_PORT', '8000'), timeout=4)"]
 ENTRYPOINT ["tini", "--"]
 CMD ["labs-api"]
