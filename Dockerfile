@@ -9,7 +9,8 @@
 # Stopping: labs-api drains in-flight requests for LABS_SHUTDOWN_TIMEOUT seconds (30) after SIGTERM,
 # then stops the engines. `docker stop` waits only 10 s by default before SIGKILL, so run with
 # `--stop-timeout 40` (or `docker stop -t 40`); compose.yaml sets stop_grace_period: 40s and the
-# Kubernetes Deployment terminationGracePeriodSeconds: 45. tini is PID 1 and passes SIGTERM on.
+# Kubernetes Deployment terminationGracePeriodSeconds: 45. tini is PID 1 and passes SIGTERM on;
+# a drained stop exits 0.
 #
 # The native C++ kernels are NOT built here: they are compiled with -march=native and cached under a
 # key that hashes the CPU's flags (labs/engine/native), so a build made on the image builder's CPU
@@ -106,5 +107,7 @@ STOPSIGNAL SIGTERM
 # LABS_PRELOAD_ON_START=true; /ready says when it is in memory). No curl in the image: Python asks.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('LABS_PORT', '8000'), timeout=4)"]
-ENTRYPOINT ["tini", "--"]
+# uvicorn ends a graceful shutdown by re-raising SIGTERM, so labs-api's status after a drain is 143;
+# tini -e 143 reports that as 0: `docker stop` within the timeout exits 0, a SIGKILL still shows 137.
+ENTRYPOINT ["tini", "-e", "143", "--"]
 CMD ["labs-api"]

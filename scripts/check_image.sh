@@ -35,7 +35,7 @@ if [ -z "${SKIP_BUILD:-}" ]; then
     # CA certificates for a TLS-inspecting proxy are local files, never committed: bring them along.
     cp "$repo"/deploy/docker/certs/*.crt "$work/src/deploy/docker/certs/" 2>/dev/null || true
     started=$(date +%s)
-    docker build --quiet -t "$IMAGE" "$work/src" >/dev/null || fail "docker build"
+    docker build --quiet --tag "$IMAGE" "$work/src" >/dev/null || fail "docker build"
     say build_seconds "$(( $(date +%s) - started ))"
 fi
 say image "$IMAGE"
@@ -66,7 +66,7 @@ else:
     raise SystemExit("not ready")
 EOF
 
-uids="$(docker top "$name" -eo uid | tail -n +2 | sort -u | tr '\n' ' ')"
+uids="$(docker top "$name" -eo pid,uid | awk 'NR > 1 { print $2 }' | sort -u | tr '\n' ' ')"
 say process_uids "$uids"
 for uid in $uids; do [ "$uid" != 0 ] || fail "a process runs as root"; done
 say user "$(docker exec "$name" id -un) ($(docker exec "$name" id -u))"

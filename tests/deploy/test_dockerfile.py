@@ -35,7 +35,7 @@ def test_it_runs_labs_api_as_a_non_root_user_under_an_init() -> None:
     assert user not in ("root", "0")
     (entrypoint,) = [exec_form(args) for op, args in steps if op == "ENTRYPOINT"]
     (cmd,) = [exec_form(args) for op, args in steps if op == "CMD"]
-    assert entrypoint == ["tini", "--"] and cmd == ["labs-api"]
+    assert entrypoint == ["tini", "-e", "143", "--"] and cmd == ["labs-api"]
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert {"labs-api", "labs-gen"} <= set(scripts)
     assert [args for op, args in steps if op == "STOPSIGNAL"] == ["SIGTERM"]
