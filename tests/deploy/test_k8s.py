@@ -130,7 +130,8 @@ def _render(overlay: str) -> list[dict]:
 def test_kustomize_renders_the_overlay(overlay: str) -> None:
     documents = _render(overlay)
     kinds = {doc["kind"]: doc for doc in documents}
-    assert set(kinds) == {"ConfigMap", "Secret", "Service", "PersistentVolumeClaim", "Deployment", "PodDisruptionBudget"}
+    assert set(kinds) == {"Namespace", "NetworkPolicy", "ConfigMap", "Secret", "Service", "PersistentVolumeClaim", "Deployment",
+                           "PodDisruptionBudget"}
     deployment = kinds["Deployment"]
     container = _container(deployment)
     volumes = {volume["name"]: volume for volume in deployment["spec"]["template"]["spec"]["volumes"]}
