@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 
 import pytest
 import yaml
 
+from labs.config import load_settings
 from labs.config.schema import KEYS_BY_ENV
 from tests.deploy.conftest import ROOT
 from tests.deploy.dockerfile import env, final_stage
@@ -28,13 +30,18 @@ def test_the_services() -> None:
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
 
 
-def test_labs_uses_the_qdrant_service_and_known_settings() -> None:
+def test_labs_uses_the_qdrant_service_and_valid_settings(tmp_path) -> None:
     services = _compose()["services"]
     for name in ("labs-api", "labs-api-gpu"):
         environment = services[name]["environment"]
         assert environment["LABS_QDRANT_URL"] == "http://qdrant:6333"
         assert set(environment) <= set(KEYS_BY_ENV), set(environment) - set(KEYS_BY_ENV)
         assert "qdrant" in services[name]["depends_on"]
+        # as compose passes them with LABS_API_KEY unset in the shell: ${LABS_API_KEY:-} is empty
+        values = {key: re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(value)) for key, value in environment.items()}
+        settings = load_settings({}, environ={**values, "LABS_HOME": str(tmp_path)}, cwd=tmp_path)
+        assert settings.rag.qdrant_url == "http://qdrant:6333" and settings.server.api_keys == ()
+        assert settings.server.preload_on_start is True
 
 
 def test_labs_keeps_its_data_and_caches_on_volumes() -> None:

@@ -91,6 +91,10 @@ def test_the_config_map_and_the_secret_hold_settings_labs_knows(tmp_path: Path) 
     container = _container(_base_deployment())
     names = [item["name"] for item in container["env"]]
     assert set(name for name in names if name.startswith("LABS_")) <= set(KEYS_BY_ENV)
+    # the Deployment's environment over the ConfigMap's labs.toml, as the pod reads them
+    labs_env = {item["name"]: item["value"] for item in container["env"] if item["name"].startswith("LABS_")}
+    pod = load_settings({}, environ={**labs_env, "LABS_CONFIG": str(BASE / "labs.toml"), "LABS_API_KEY": ""}, cwd=tmp_path)
+    assert pod.server.preload_on_start is True and str(pod.paths.cache_dir) == "/data/cache"
     assert {"name": "LABS_CONFIG", "value": "/etc/labs/labs.toml"} in container["env"]
     mounts = {mount["name"]: mount["mountPath"] for mount in container["volumeMounts"]}
     assert mounts["config"] == "/etc/labs"
