@@ -52,7 +52,7 @@ RUN set -eux; \
 
 FROM base AS build
 ARG UV_VERSION=0.13.9
-# Empty: torch exactly as uv.lock pins it (PyPI's Linux wheel, which pulls ~3 GB of CUDA libraries).
+# Empty: torch exactly as uv.lock pins it (PyPI's Linux wheel, which pulls ~4 GB of CUDA libraries and triton).
 # A PyTorch CPU wheel index (https://download.pytorch.org/whl/cpu) installs the same torch version's
 # CPU build instead and leaves the CUDA packages out: a much smaller CPU image.
 ARG TORCH_INDEX=""

@@ -5,7 +5,7 @@
 # With $TORCH_INDEX empty, torch is exactly the one uv.lock pins. With a PyTorch wheel index (the CPU
 # one: https://download.pytorch.org/whl/cpu), everything else still comes from the lock, but torch and
 # the CUDA packages only it needs (nvidia-*, cuda-*, triton) are left out and the same torch version
-# is installed from that index: the CPU build, without ~3 GB of CUDA libraries. The lock is not
+# is installed from that index: the CPU build, without ~4 GB of CUDA libraries and triton. The lock is not
 # touched, so `uv sync` everywhere else is unchanged.
 set -eu
 uv=/opt/uv/bin/uv
