@@ -8,7 +8,7 @@
 # is installed from that index: the CPU build, without ~4 GB of CUDA libraries and triton. The lock is not
 # touched, so `uv sync` everywhere else is unchanged.
 set -eu
-uv=/opt/uv/bin/uv
+uv="${UV:-/opt/uv/bin/uv}"  # where the Dockerfile installs it
 if [ -z "${TORCH_INDEX:-}" ]; then
     # shellcheck disable=SC2086  # EXTRAS is a list of flags
     exec "$uv" sync --frozen --no-dev ${EXTRAS:-} "$@"
