@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import secrets
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -30,80 +28,18 @@ from openai.types.batch_error import BatchError
 from openai.types.batch_request_counts import BatchRequestCounts
 from openai.types.batch_usage import BatchUsage
 
+from labs.api.batch_lines import MAX_LINES, BatchLine, parse_lines
 from labs.api.batch_store import UNFINISHED, BatchStore, JobRecord, new_batch_id
 from labs.api.file_store import FileStore
 
 logger = logging.getLogger(__name__)
 
-ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses")
 TOKEN_HEADER = "x-labs-batch-token"
-MAX_LINES = 50_000  # as OpenAI
 _MAX_WAIT_SECONDS = 30.0  # longest pause when the server says it is busy
 _SAVE_EVERY_SECONDS = 1.0  # progress counts reach the record at most this often (the result files are the truth)
 
 
-@dataclass(frozen=True)
-class BatchLine:
-    number: int  # 1-based line of the input file
-    custom_id: str
-    body: dict[str, Any]
-
-
-def parse_lines(data: bytes, endpoint: str) -> tuple[list[BatchLine], list[dict[str, Any]], int]:
-    """The valid requests of an input file, an error record for each line that is not one, and the
-    number of request lines. Raises ValueError when the file as a whole cannot be read."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise ValueError(f"the input file is not UTF-8 text (byte {error.start})") from None
-    valid: list[BatchLine] = []
-    problems: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    count = 0
-    for number, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        count += 1
-        custom_id, problem = None, None
-        try:
-            line = json.loads(raw)
-        except ValueError as error:
-            line, problem = None, f"not valid JSON ({error})"
-        if isinstance(line, dict):
-            custom_id = line.get("custom_id") if isinstance(line.get("custom_id"), str) and line.get("custom_id") else None
-            problem = _line_problem(line, endpoint, custom_id, seen)
-        elif problem is None:
-            problem = "each line must be a JSON object with custom_id, method, url and body"
-        if problem is None:
-            seen.add(custom_id)
-            valid.append(BatchLine(number, custom_id, line["body"]))
-        else:
-            problems.append(error_record(custom_id, "invalid_request", f"line {number}: {problem}"))
-    return valid, problems, count
-
-
-def _line_problem(line: dict[str, Any], endpoint: str, custom_id: str | None, seen: set[str]) -> str | None:
-    if custom_id is None:
-        return "custom_id must be a non-empty string"
-    if custom_id in seen:
-        return f"custom_id {custom_id!r} is used by an earlier line; each line needs its own"
-    if line.get("method") != "POST":
-        return f"method must be \"POST\", got {line.get('method')!r}"
-    if line.get("url") != endpoint:
-        return f"url must be the batch's endpoint {endpoint!r}, got {line.get('url')!r}"
-    if not isinstance(line.get("body"), dict):
-        return "body must be a JSON object (the request body for the endpoint)"
-    if line["body"].get("stream"):
-        return "stream is not available in a batch: results are written to the output file"
-    return None
-
-
-def error_record(custom_id: str | None, code: str, message: str) -> dict[str, Any]:
-    return {"id": f"batch_req_{secrets.token_hex(12)}", "custom_id": custom_id, "response": None,
-            "error": {"code": code, "message": message}}
-
-
-def _usage_of(body: Any) -> tuple[int, int, int, int]:
+def usage_of(body: Any) -> tuple[int, int, int, int]:
     """(input, output, cached input, reasoning) tokens of one response body, whatever its endpoint."""
     usage = body.get("usage") if isinstance(body, dict) else None
     if not isinstance(usage, dict):
@@ -113,6 +49,31 @@ def _usage_of(body: Any) -> tuple[int, int, int, int]:
     cached = (usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}).get("cached_tokens", 0) or 0
     reasoning = (usage.get("completion_tokens_details") or usage.get("output_tokens_details") or {}).get("reasoning_tokens", 0) or 0
     return prompt, completion, cached, reasoning
+
+
+async def send_line(client: httpx.AsyncClient, endpoint: str, line: BatchLine, token: str, stop: asyncio.Event) -> dict[str, Any] | None:
+    """Send one line to the app behind `client` and return its result record (OpenAI's batch output
+    line); a busy server is waited for as long as it asks; None when `stop` is set meanwhile."""
+    while True:
+        response = await client.post(endpoint, json=line.body, headers={TOKEN_HEADER: token})
+        if response.status_code not in (429, 503):
+            break
+        try:
+            delay = float(response.headers.get("retry-after", "1"))
+        except ValueError:
+            delay = 1.0
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=min(max(delay, 0.1), _MAX_WAIT_SECONDS))
+            return None
+        except asyncio.TimeoutError:
+            continue
+    try:
+        body = response.json()
+    except ValueError:
+        body = {"error": {"message": response.text, "type": "server_error", "param": None, "code": None}}
+    return {"id": f"batch_req_{secrets.token_hex(12)}", "custom_id": line.custom_id,
+            "response": {"status_code": response.status_code, "request_id": f"req_{secrets.token_hex(12)}", "body": body},
+            "error": None}
 
 
 class BatchRunner:
@@ -248,7 +209,7 @@ class BatchRunner:
         done = {line["custom_id"] for line in done_lines} | {line["custom_id"] for line in failed_lines[record.validation_errors:]}
         usage = [0, 0, 0, 0]
         for line in done_lines:
-            for index, value in enumerate(_usage_of(line["response"]["body"])):
+            for index, value in enumerate(usage_of(line["response"]["body"])):
                 usage[index] += value
         self._set_usage(batch, usage)
         batch.request_counts = BatchRequestCounts(total=batch.request_counts.total, completed=len(done_lines), failed=len(failed_lines))
@@ -260,13 +221,13 @@ class BatchRunner:
             nonlocal last_save
             while todo and not stop.is_set():
                 line = todo.popleft()
-                result = await self._send(client, batch.endpoint, line, stop)
+                result = await send_line(client, batch.endpoint, line, self.token, stop)
                 if result is None:
                     return  # cancelled while the server was busy
                 counts = batch.request_counts
                 if result["response"]["status_code"] < 300:
                     output.append(result)
-                    for index, value in enumerate(_usage_of(result["response"]["body"])):
+                    for index, value in enumerate(usage_of(result["response"]["body"])):
                         usage[index] += value
                     self._set_usage(batch, usage)
                     batch.request_counts = BatchRequestCounts(total=counts.total, completed=counts.completed + 1, failed=counts.failed)
@@ -295,28 +256,6 @@ class BatchRunner:
             batch.status = "finalizing"
             batch.finalizing_at = int(time.time())
         self.store.save(record)
-
-    async def _send(self, client: httpx.AsyncClient, endpoint: str, line: BatchLine, stop: asyncio.Event) -> dict[str, Any] | None:
-        while True:
-            response = await client.post(endpoint, json=line.body, headers={TOKEN_HEADER: self.token})
-            if response.status_code in (429, 503):  # busy: wait as long as the server asks, then again
-                try:
-                    delay = float(response.headers.get("retry-after", "1"))
-                except ValueError:
-                    delay = 1.0
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=min(max(delay, 0.1), _MAX_WAIT_SECONDS))
-                    return None
-                except asyncio.TimeoutError:
-                    continue
-            break
-        try:
-            body = response.json()
-        except ValueError:
-            body = {"error": {"message": response.text, "type": "server_error", "param": None, "code": None}}
-        return {"id": f"batch_req_{secrets.token_hex(12)}", "custom_id": line.custom_id,
-                "response": {"status_code": response.status_code, "request_id": f"req_{secrets.token_hex(12)}", "body": body},
-                "error": None}
 
     @staticmethod
     def _set_usage(batch: Batch, usage: list[int]) -> None:

@@ -73,8 +73,10 @@ async def _load_embeddings_in_background(state: ServerState) -> None:
         logger.warning("the embedding model %s could not be loaded at start: %s", state.embeddings.model_id, error)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The app for `settings` (default: the configuration from labs.toml, the environment and .env)."""
+def create_app(settings: Settings | None = None, resume_batch_jobs: bool = True) -> FastAPI:
+    """The app for `settings` (default: the configuration from labs.toml, the environment and .env).
+    `resume_batch_jobs=False` for an app run inside another command (labs-gen batch): the server's own
+    unfinished jobs stay for the server."""
     settings = settings or load_settings({})
     state = build_state(settings)
 
@@ -84,7 +86,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             logger.info("preloading %s before accepting traffic", state.models.default_id)
             async with state.models.use(None):
                 pass
-        await state.batches.start()
+        if resume_batch_jobs:
+            await state.batches.start()
         tasks = [asyncio.create_task(_unload_idle_models(state))]
         if settings.embeddings.load_on_start:
             tasks.append(asyncio.create_task(_load_embeddings_in_background(state)))

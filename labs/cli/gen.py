@@ -248,9 +248,11 @@ def main() -> None:
 
 
 def _register_subcommands() -> None:
+    from labs.cli.batch import batch
     from labs.cli.rag import rag_app
 
     app.add_typer(rag_app, name="rag")
+    app.command("batch")(batch)
 
 
 _register_subcommands()

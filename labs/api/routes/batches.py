@@ -13,7 +13,8 @@ from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from labs.api.batch_runner import ENDPOINTS, BatchRunner
+from labs.api.batch_lines import ENDPOINTS
+from labs.api.batch_runner import BatchRunner
 from labs.api.errors import APIError, bad_request
 from labs.api.file_store import FileStore, FileTooLargeError, page
 from labs.api.security import require_api_key
