@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -431,14 +432,16 @@ def test_waiting_batch_work_never_makes_an_interactive_request_busy(tiny_model_d
     try:
         async def scenario() -> None:
             long = SamplingParams(max_tokens=200, temperature=0, ignore_eos=True)
-            streams = [engine.add_request([1, 2, 3], long, priority=2)]
-            await anext(streams[0])  # it runs: the next three wait
-            streams += [engine.add_request([1, 2, 3, i], long, priority=2) for i in range(3)]
+            hold, held = threading.Event(), threading.Event()
+            engine._between_steps(lambda: (held.set(), hold.wait(60)))  # the engine waits: nothing is admitted meanwhile
+            assert held.wait(60)
+            streams = [engine.add_request([1, 2, 3, i], long, priority=2) for i in range(3)]
             with pytest.raises(EngineOverloadedError, match="max_queue=3"):
-                streams.append(engine.add_request([1, 2, 3, 9], long, priority=2))
+                engine.add_request([1, 2, 3, 9], long, priority=2)
             interactive = engine.add_request([4, 5, 6], SamplingParams(max_tokens=3, temperature=0, min_tokens=3))
+            hold.set()
             tokens = [t async for out in interactive for t in out.new_token_ids]
-            assert len(tokens) == 3  # admitted before the waiting batch work, and not refused because of it
+            assert len(tokens) == 3  # not refused because of the batch work waiting
             with pytest.raises(ValueError, match="priority must be 0"):
                 engine.add_request([1], long, priority=3)
             for stream in streams:
