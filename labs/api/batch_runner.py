@@ -30,7 +30,7 @@ from openai.types.batch_usage import BatchUsage
 
 from labs.api.batch_lines import MAX_LINES, BatchLine, parse_lines
 from labs.api.batch_store import UNFINISHED, BatchStore, JobRecord, new_batch_id
-from labs.api.file_store import FileStore
+from labs.api.file_store import ANYONE, FileStore
 
 logger = logging.getLogger(__name__)
 
@@ -101,34 +101,38 @@ class BatchRunner:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def create(self, input_file_id: str, endpoint: str, completion_window: str, metadata: dict[str, str] | None) -> Batch:
+    def create(self, input_file_id: str, endpoint: str, completion_window: str, metadata: dict[str, str] | None,
+               owner: str | None) -> Batch:
         batch = Batch(id=new_batch_id(), object="batch", endpoint=endpoint, input_file_id=input_file_id,
                       completion_window=completion_window, status="validating", created_at=int(time.time()),
                       metadata=metadata, request_counts=BatchRequestCounts(total=0, completed=0, failed=0))
-        record = JobRecord(batch)
+        record = JobRecord(batch, owner=owner)
         self.store.save(record)
         self._launch(record)
         return batch
 
-    def get(self, batch_id: str) -> Batch | None:
-        live = self._live.get(batch_id)
-        if live is not None:
-            return live.batch
-        record = self.store.get(batch_id)
+    def _record(self, batch_id: str, owner: object) -> JobRecord | None:
+        """The job (live, or as stored) if `owner` (a key's name, None, or ANYONE) may see it."""
+        record = self._live.get(batch_id) or self.store.get(batch_id)
+        return record if record is not None and (owner is ANYONE or record.owner == owner) else None
+
+    def get(self, batch_id: str, owner: object = ANYONE) -> Batch | None:
+        record = self._record(batch_id, owner)
         return record.batch if record is not None else None
 
-    def list(self) -> list[Batch]:
-        batches = [self._live[r.batch.id].batch if r.batch.id in self._live else r.batch for r in self.store.all()]
+    def list(self, owner: object = ANYONE) -> list[Batch]:
+        """The jobs `owner` may see, newest first."""
+        records = [self._live.get(r.batch.id, r) for r in self.store.all()]
+        batches = [r.batch for r in records if owner is ANYONE or r.owner == owner]
         return sorted(batches, key=lambda b: (b.created_at, b.id), reverse=True)
 
     def reads_file(self, file_id: str) -> bool:
         return any(record.batch.input_file_id == file_id for record in self._live.values())
 
-    def cancel(self, batch_id: str) -> Batch | None:
-        record = self._live.get(batch_id)
-        if record is None:
-            stored = self.store.get(batch_id)
-            return stored.batch if stored is not None else None
+    def cancel(self, batch_id: str, owner: object = ANYONE) -> Batch | None:
+        record = self._record(batch_id, owner)
+        if record is None or record.batch.id not in self._live:
+            return record.batch if record is not None else None
         if record.batch.status in ("validating", "in_progress"):
             record.batch.status = "cancelling"
             record.batch.cancelling_at = int(time.time())
@@ -268,8 +272,8 @@ class BatchRunner:
         """Publish the result files as stored files and close the job. Safe to repeat after a restart:
         the files' ids follow from the batch's, so a second run finds what the first one moved."""
         batch = record.batch
-        batch.output_file_id = self._publish(batch.id, "output", self.store.output(batch.id).path)
-        batch.error_file_id = self._publish(batch.id, "errors", self.store.errors(batch.id).path)
+        batch.output_file_id = self._publish(record, "output", self.store.output(batch.id).path)
+        batch.error_file_id = self._publish(record, "errors", self.store.errors(batch.id).path)
         batch.status = status  # type: ignore[assignment]
         now = int(time.time())
         if status == "completed":
@@ -280,9 +284,11 @@ class BatchRunner:
         counts = batch.request_counts
         logger.info("batch %s %s: %d completed, %d failed of %d", batch.id, status, counts.completed, counts.failed, counts.total)
 
-    def _publish(self, batch_id: str, kind: str, path: Any) -> str | None:
+    def _publish(self, record: JobRecord, kind: str, path: Any) -> str | None:
+        """A result file as a stored file, owned by the job's owner."""
+        batch_id = record.batch.id
         file_id = "file-" + hashlib.sha256(f"{batch_id}:{kind}".encode()).hexdigest()[:24]
-        published = self.files.adopt(path, f"{batch_id}_{kind}.jsonl", "batch_output", file_id)
+        published = self.files.adopt(path, f"{batch_id}_{kind}.jsonl", "batch_output", file_id, record.owner)
         return published.id if published is not None else None
 
     def _fail(self, record: JobRecord, code: str, message: str) -> None:

@@ -34,13 +34,16 @@ def new_batch_id() -> str:
 
 @dataclass
 class JobRecord:
-    """The batch object and what labs needs besides: how many error lines validation wrote first."""
+    """The batch object and what labs needs besides: how many error lines validation wrote first, and
+    its owner (the name of the API key that created it; None on a server without keys)."""
 
     batch: Batch
     validation_errors: int = 0
+    owner: str | None = None
 
     def dump(self) -> str:
-        return json.dumps({"batch": self.batch.model_dump(mode="json"), "validation_errors": self.validation_errors})
+        return json.dumps({"batch": self.batch.model_dump(mode="json"), "validation_errors": self.validation_errors,
+                           "owner": self.owner})
 
 
 class ResultFile:
@@ -92,7 +95,7 @@ class BatchStore:
             return None
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-            return JobRecord(Batch.model_validate(data["batch"]), int(data.get("validation_errors", 0)))
+            return JobRecord(Batch.model_validate(data["batch"]), int(data.get("validation_errors", 0)), data.get("owner"))
         except (OSError, ValueError, KeyError, TypeError) as error:
             logger.warning("batch record %s cannot be read (%s): treating it as missing", batch_id, error)
             return None

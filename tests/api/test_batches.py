@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import time
@@ -23,9 +24,9 @@ def home(tmp_path: Path) -> Path:
     return tmp_path / "labs-home"
 
 
-def serve(tiny_model_dir: Path, labs_cache_dir: Path, home: Path, **env: str) -> LiveServer:
+def serve(tiny_model_dir: Path, labs_cache_dir: Path, home: Path, toml: str = "", **env: str) -> LiveServer:
     """A server on the tiny model keeping its files and jobs in `home` (a second one resumes them)."""
-    settings = write_settings(home.parent / f"server-{time.monotonic_ns()}", LABS_MODEL=str(tiny_model_dir),
+    settings = write_settings(home.parent / f"server-{time.monotonic_ns()}", toml, LABS_MODEL=str(tiny_model_dir),
                               LABS_CACHE_DIR=str(labs_cache_dir), LABS_KV_CACHE_MEMORY="64MiB",
                               LABS_HOME=str(home), LABS_PRELOAD_ON_START="true", **env)
     return start_server(settings)
@@ -281,5 +282,28 @@ def test_batch_lines_run_at_batch_priority_beside_interactive_requests(tiny_mode
         output = results(client, batch.output_file_id)
         assert batch.request_counts.completed == 12 and all(
             line["response"]["body"]["usage"]["completion_tokens"] == 40 for line in output)  # the preempted one resumed whole
+    finally:
+        server.stop()
+
+
+def test_each_key_sees_only_its_own_files_and_jobs(tiny_model_dir: Path, labs_cache_dir: Path, home: Path) -> None:
+    toml = "".join(f'[keys.{name}]\nsha256 = "{hashlib.sha256(f"sk-{name}".encode()).hexdigest()}"\n\n' for name in ("alice", "bob"))
+    server = serve(tiny_model_dir, labs_cache_dir, home, toml)
+    try:
+        alice, bob = client_of(server, "sk-alice"), client_of(server, "sk-bob")
+        uploaded = alice.files.create(file=("a.jsonl", jsonl([chat_line("mine", "private")])), purpose="batch")
+        batch = alice.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+        with pytest.raises(openai.BadRequestError, match="no file with id"):  # bob cannot run alice's file
+            bob.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+        batch = wait_for(alice, batch.id, {"completed", "failed"})
+        assert batch.status == "completed"
+        for attempt in (lambda: bob.files.retrieve(uploaded.id), lambda: bob.files.content(batch.output_file_id),
+                        lambda: bob.files.delete(uploaded.id), lambda: bob.batches.retrieve(batch.id),
+                        lambda: bob.batches.cancel(batch.id)):
+            with pytest.raises(openai.NotFoundError):
+                attempt()
+        assert bob.files.list().data == [] and bob.batches.list().data == []
+        assert {f.id for f in alice.files.list()} == {uploaded.id, batch.output_file_id}
+        assert results(alice, batch.output_file_id)[0]["custom_id"] == "mine"
     finally:
         server.stop()

@@ -9,14 +9,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from labs.api.batch_lines import ENDPOINTS
 from labs.api.batch_runner import BatchRunner
 from labs.api.errors import APIError, bad_request
-from labs.api.file_store import FileStore, FileTooLargeError, page
+from labs.api.file_store import ANYONE, FileStore, FileTooLargeError, page
 from labs.api.security import require_api_key
 from labs.api.state import ServerState, get_state
 
@@ -31,56 +31,69 @@ def _runner(state: ServerState) -> BatchRunner:
     return state.batches
 
 
+def _owner(request: Request) -> str | None:
+    """The name of the calling key: what it creates is its own (None on a server without keys)."""
+    caller = getattr(request.state, "caller", None)
+    return caller.name if caller is not None else None
+
+
+def _visible(request: Request) -> object:
+    """Whose files and jobs the caller may see: its own on a server with keys, all on one without."""
+    caller = getattr(request.state, "caller", None)
+    return caller.name if caller is not None else ANYONE
+
+
 def _file_not_found(file_id: str) -> APIError:
     return APIError(404, f"no file with id {file_id!r} on this server (GET /v1/files lists them)", param="file_id",
                     code="file_not_found")
 
 
 @router.post("/v1/files", summary="Upload a file (purpose batch: a JSONL of requests)")
-async def upload_file(file: UploadFile = File(..., description="The file; for batches, one JSON request per line."),
+async def upload_file(request: Request, file: UploadFile = File(..., description="The file; for batches, one JSON request per line."),
                       purpose: str = Form(..., description="What the file is for: batch."),
                       state: ServerState = Depends(get_state)) -> dict[str, Any]:
     if purpose != "batch":
         raise bad_request(f"labs keeps files for batch jobs only: purpose must be 'batch', got {purpose!r}",
                           param="purpose", code="invalid_purpose")
     try:
-        stored = await asyncio.to_thread(_files(state).save, file.file, file.filename or "upload.jsonl", purpose)
+        stored = await asyncio.to_thread(_files(state).save, file.file, file.filename or "upload.jsonl", purpose,
+                                     _owner(request))
     except FileTooLargeError as error:
         raise APIError(413, str(error), param="file", code="file_too_large") from None
     return stored.model_dump(mode="json")
 
 
 @router.get("/v1/files", summary="List files")
-async def list_files(purpose: str | None = None, limit: int = Query(10_000, ge=1, le=10_000), after: str | None = None,
+async def list_files(request: Request, purpose: str | None = None, limit: int = Query(10_000, ge=1, le=10_000), after: str | None = None,
                      order: Literal["asc", "desc"] = "desc", state: ServerState = Depends(get_state)) -> dict[str, Any]:
-    files = _files(state).list(purpose)
+    files = _files(state).list(purpose, _visible(request))
     return page(files if order == "desc" else files[::-1], after, limit)
 
 
 @router.get("/v1/files/{file_id}", summary="Describe a file")
-async def get_file(file_id: str, state: ServerState = Depends(get_state)) -> dict[str, Any]:
-    stored = _files(state).get(file_id)
+async def get_file(file_id: str, request: Request, state: ServerState = Depends(get_state)) -> dict[str, Any]:
+    stored = _files(state).get(file_id, _visible(request))
     if stored is None:
         raise _file_not_found(file_id)
     return stored.model_dump(mode="json")
 
 
 @router.get("/v1/files/{file_id}/content", summary="A file's content", response_class=FileResponse)
-async def file_content(file_id: str, state: ServerState = Depends(get_state)) -> FileResponse:
-    stored = _files(state).get(file_id)
+async def file_content(file_id: str, request: Request, state: ServerState = Depends(get_state)) -> FileResponse:
+    stored = _files(state).get(file_id, _visible(request))
     if stored is None:
         raise _file_not_found(file_id)
     return FileResponse(_files(state).data_path(file_id), media_type="application/octet-stream", filename=stored.filename)
 
 
 @router.delete("/v1/files/{file_id}", summary="Delete a file")
-async def delete_file(file_id: str, state: ServerState = Depends(get_state)) -> dict[str, Any]:
-    if _files(state).get(file_id) is None:
+async def delete_file(file_id: str, request: Request, state: ServerState = Depends(get_state)) -> dict[str, Any]:
+    if _files(state).get(file_id, _visible(request)) is None:
         raise _file_not_found(file_id)
     if _runner(state).reads_file(file_id):
         raise APIError(409, f"the file {file_id} is the input of a batch that is still running: cancel it first "
                             "(POST /v1/batches/{id}/cancel) or wait for it to finish", param="file_id", code="file_in_use")
-    _files(state).delete(file_id)
+    _files(state).delete(file_id, _visible(request))
     return {"id": file_id, "object": "file", "deleted": True}
 
 
@@ -93,21 +106,22 @@ class CreateBatch(BaseModel):
 
 
 @router.post("/v1/batches", summary="Run the requests of a file as a batch job")
-async def create_batch(body: CreateBatch, state: ServerState = Depends(get_state)) -> dict[str, Any]:
+async def create_batch(body: CreateBatch, request: Request, state: ServerState = Depends(get_state)) -> dict[str, Any]:
     if body.endpoint not in ENDPOINTS:
         raise bad_request(f"endpoint must be one of {', '.join(ENDPOINTS)}, got {body.endpoint!r}", param="endpoint",
                           code="invalid_endpoint")
     if body.completion_window != "24h":
         raise bad_request(f"completion_window must be '24h', got {body.completion_window!r}", param="completion_window",
                           code="invalid_completion_window")
-    stored = _files(state).get(body.input_file_id)
+    stored = _files(state).get(body.input_file_id, _visible(request))
     if stored is None:
         raise bad_request(f"no file with id {body.input_file_id!r} on this server: upload it with POST /v1/files "
                           "(purpose batch) first", param="input_file_id", code="file_not_found")
     if stored.purpose != "batch":
         raise bad_request(f"the file {body.input_file_id} has purpose {stored.purpose!r}; a batch reads files uploaded "
                           "with purpose 'batch'", param="input_file_id", code="invalid_purpose")
-    return _runner(state).create(body.input_file_id, body.endpoint, body.completion_window, body.metadata).model_dump(mode="json")
+    batch = _runner(state).create(body.input_file_id, body.endpoint, body.completion_window, body.metadata, _owner(request))
+    return batch.model_dump(mode="json")
 
 
 def _batch_not_found(batch_id: str) -> APIError:
@@ -116,22 +130,22 @@ def _batch_not_found(batch_id: str) -> APIError:
 
 
 @router.get("/v1/batches", summary="List batch jobs, newest first")
-async def list_batches(limit: int = Query(20, ge=1, le=100), after: str | None = None,
+async def list_batches(request: Request, limit: int = Query(20, ge=1, le=100), after: str | None = None,
                        state: ServerState = Depends(get_state)) -> dict[str, Any]:
-    return page(_runner(state).list(), after, limit)
+    return page(_runner(state).list(_visible(request)), after, limit)
 
 
 @router.get("/v1/batches/{batch_id}", summary="A batch job's status and counts")
-async def get_batch(batch_id: str, state: ServerState = Depends(get_state)) -> dict[str, Any]:
-    batch = _runner(state).get(batch_id)
+async def get_batch(batch_id: str, request: Request, state: ServerState = Depends(get_state)) -> dict[str, Any]:
+    batch = _runner(state).get(batch_id, _visible(request))
     if batch is None:
         raise _batch_not_found(batch_id)
     return batch.model_dump(mode="json")
 
 
 @router.post("/v1/batches/{batch_id}/cancel", summary="Cancel a batch job (what finished stays in its output file)")
-async def cancel_batch(batch_id: str, state: ServerState = Depends(get_state)) -> dict[str, Any]:
-    batch = _runner(state).cancel(batch_id)
+async def cancel_batch(batch_id: str, request: Request, state: ServerState = Depends(get_state)) -> dict[str, Any]:
+    batch = _runner(state).cancel(batch_id, _visible(request))
     if batch is None:
         raise _batch_not_found(batch_id)
     if batch.status in ("completed", "failed", "expired"):
