@@ -50,8 +50,11 @@ def serve(
         err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
         raise typer.Exit(error.exit_code) from None
     logging.basicConfig(level=settings.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # under `uv run`, Ray would package the working folder and start each worker through `uv run`; replicas
+    # need only the installed labs and the environment build_app gives them
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     try:
-        import ray
+        import ray  # reads the variable above when imported
         from ray import serve
 
         from labs.rayserve.app import build_app

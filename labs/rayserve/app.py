@@ -18,8 +18,6 @@ one, and Serve starts a replacement. Unfinished batch jobs are not resumed by re
 run the same job); labs-api resumes them.
 """
 
-from __future__ import annotations
-
 import logging
 import os
 from collections.abc import AsyncIterator, Mapping
@@ -45,6 +43,21 @@ RETRIES_ON_REPLICA_DEATH = 2
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 proxy = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)  # labs' own /docs pass through
+
+
+# Defined before the deployments: serve.ingress pickles the proxy app, with the globals its routes use, when the
+# class is decorated.
+async def _rest(stream: DeploymentResponseGenerator) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in stream:
+            yield chunk
+    finally:
+        stream.cancel()  # the client left (or all is sent): stop the replica's work
+
+
+def _error(status: int, message: str, code: str) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": "server_error" if status >= 500 else "invalid_request_error",
+                                   "param": None, "code": code}}, status_code=status)
 
 
 @serve.deployment(name="LabsReplica", request_router_config=RequestRouterConfig(request_router_class=ROUTER))
@@ -109,19 +122,6 @@ class LabsIngress:
         response = StreamingResponse(_rest(stream), status_code=start.status)
         response.raw_headers = list(start.headers)
         return response
-
-
-async def _rest(stream: DeploymentResponseGenerator) -> AsyncIterator[bytes]:
-    try:
-        async for chunk in stream:
-            yield chunk
-    finally:
-        stream.cancel()  # the client left (or all is sent): stop the replica's work
-
-
-def _error(status: int, message: str, code: str) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": "server_error" if status >= 500 else "invalid_request_error",
-                                   "param": None, "code": code}}, status_code=status)
 
 
 def replica_environment(settings: Any, environ: Mapping[str, str] | None = None) -> dict[str, str]:
