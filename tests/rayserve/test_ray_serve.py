@@ -6,6 +6,7 @@ One local Ray and one Serve application for the module (Ray's start-up is the sl
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -49,8 +50,8 @@ def ray_app(tiny_model_dir: Path, labs_cache_dir: Path, tmp_path_factory: pytest
            "LABS_RAY_REPLICAS": "2", "LABS_RAY_REPLICA_CPUS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false"}
     settings = load_settings({}, environ=env, cwd=tmp_path_factory.mktemp("ray-cwd"))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=100 * 1024**2,
-             _temp_dir=tempfile.mkdtemp(prefix="labs-ray-"))  # not Ray's default /tmp/ray: a short, private path
+    temp = tempfile.mkdtemp(prefix="labs-ray-")  # not Ray's default /tmp/ray: a short, private path
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=100 * 1024**2, _temp_dir=temp)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(settings, env), name=APP, route_prefix="/")
@@ -58,6 +59,7 @@ def ray_app(tiny_model_dir: Path, labs_cache_dir: Path, tmp_path_factory: pytest
     finally:
         serve.shutdown()
         ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _chat(base: str, messages: list[dict[str, str]], max_tokens: int = 6) -> tuple[str, dict[str, Any]]:
