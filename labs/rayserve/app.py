@@ -147,13 +147,14 @@ def scaling_options(ray_settings: Any) -> dict[str, Any]:
                                    "target_ongoing_requests": ray_settings.target_ongoing_requests}}
 
 
-def build_app(settings: Any, environ: Mapping[str, str] | None = None) -> serve.Application:
-    """The Serve application for `settings` (its [ray] table sizes the replicas)."""
+def build_app(settings: Any, environ: Mapping[str, str] | None = None, router: str = ROUTER) -> serve.Application:
+    """The Serve application for `settings` (its [ray] table sizes the replicas). `router`: the request router's
+    import path (bench/ray_serve_bench.py compares with Serve's default, power of two choices)."""
     env = replica_environment(settings, environ)
     rays = settings.ray
     actor_options = {"num_cpus": rays.replica_cpus, "num_gpus": rays.replica_gpus, "runtime_env": {"env_vars": env}}
-    router = RequestRouterConfig(request_router_class=ROUTER,
-                                 request_router_kwargs={"max_imbalance": rays.affinity_max_imbalance})
+    kwargs = {"max_imbalance": rays.affinity_max_imbalance} if router == ROUTER else {}
+    router = RequestRouterConfig(request_router_class=router, request_router_kwargs=kwargs)
     replicas = LabsReplica.options(ray_actor_options=actor_options, max_ongoing_requests=rays.max_ongoing_requests,
                                    graceful_shutdown_timeout_s=settings.server.shutdown_timeout,
                                    request_router_config=router, **scaling_options(rays))
