@@ -437,6 +437,31 @@ KEYS: tuple[Key, ...] = (
     _key("rag", "ingest_root", _optional_path, None,
          "Folder under which the API may ingest files by path (POST /v1/rag/documents with a path); "
          "empty: the API accepts uploads only.", env="LABS_RAG_INGEST_ROOT"),
+    # [ray]
+    _key("ray", "replicas", integer_at_least(1), 2,
+         "labs-serve-ray: engine replicas at start; the fixed count unless max_replicas is above it.",
+         env="LABS_RAY_REPLICAS", flag="--replicas"),
+    _key("ray", "min_replicas", integer_at_least(1), 1,
+         "labs-serve-ray autoscaling: fewest replicas (used only when max_replicas > replicas).",
+         env="LABS_RAY_MIN_REPLICAS"),
+    _key("ray", "max_replicas", integer_at_least(0), 0,
+         "labs-serve-ray autoscaling: most replicas; above replicas, Ray Serve adds and removes replicas to keep "
+         "target_ongoing_requests per replica. 0: no autoscaling.", env="LABS_RAY_MAX_REPLICAS"),
+    _key("ray", "target_ongoing_requests", number_between(0.0, 1e6, low_open=True), 8.0,
+         "labs-serve-ray autoscaling: requests per replica (running and waiting: its queue depth) the "
+         "autoscaler aims for.", env="LABS_RAY_TARGET_ONGOING_REQUESTS"),
+    _key("ray", "max_ongoing_requests", integer_at_least(1), 64,
+         "labs-serve-ray: requests one replica takes at once; more wait in Ray Serve's router for a free replica.",
+         env="LABS_RAY_MAX_ONGOING_REQUESTS"),
+    _key("ray", "replica_cpus", number_between(0.0, 1024.0), 1.0,
+         "labs-serve-ray: CPUs Ray reserves for each replica (its engine's cpu_threads when that is auto).",
+         env="LABS_RAY_REPLICA_CPUS"),
+    _key("ray", "replica_gpus", number_between(0.0, 64.0), 0.0,
+         "labs-serve-ray: GPUs Ray reserves for each replica.", env="LABS_RAY_REPLICA_GPUS"),
+    _key("ray", "affinity_max_imbalance", integer_at_least(0), 8,
+         "labs-serve-ray routing: a conversation goes to the replica holding its prefix unless that replica has "
+         "this many more requests in flight than the least loaded one; then to the least loaded.",
+         env="LABS_RAY_AFFINITY_MAX_IMBALANCE"),
     # [paths]
     _key("paths", "cache_dir", _path, Path("~/.cache/labs").expanduser(),
          "Where converted models and other rebuildable files are kept.", env="LABS_CACHE_DIR"),
@@ -449,4 +474,5 @@ KEYS: tuple[Key, ...] = (
 
 KEYS_BY_DOTTED: dict[str, Key] = {key.dotted: key for key in KEYS}
 KEYS_BY_ENV: dict[str, Key] = {key.env: key for key in KEYS}
-TABLES: tuple[str, ...] = ("generation", "quantization", "server", "engine", "embeddings", "rag", "paths", "models", "keys")
+TABLES: tuple[str, ...] = ("generation", "quantization", "server", "engine", "embeddings", "rag", "ray", "paths", "models",
+                           "keys")
