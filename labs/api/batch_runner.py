@@ -35,6 +35,7 @@ from labs.api.file_store import ANYONE, FileStore
 logger = logging.getLogger(__name__)
 
 TOKEN_HEADER = "x-labs-batch-token"
+OWNER_HEADER = "x-labs-batch-owner"  # the key a job's lines run as (its models, limits and usage); trusted with the token only
 _MAX_WAIT_SECONDS = 30.0  # longest pause when the server says it is busy
 _SAVE_EVERY_SECONDS = 1.0  # progress counts reach the record at most this often (the result files are the truth)
 
@@ -51,11 +52,14 @@ def usage_of(body: Any) -> tuple[int, int, int, int]:
     return prompt, completion, cached, reasoning
 
 
-async def send_line(client: httpx.AsyncClient, endpoint: str, line: BatchLine, token: str, stop: asyncio.Event) -> dict[str, Any] | None:
-    """Send one line to the app behind `client` and return its result record (OpenAI's batch output
-    line); a busy server is waited for as long as it asks; None when `stop` is set meanwhile."""
+async def send_line(client: httpx.AsyncClient, endpoint: str, line: BatchLine, token: str, stop: asyncio.Event,
+                    owner: str | None = None) -> dict[str, Any] | None:
+    """Send one line to the app behind `client`, as the key `owner` (None: no key), and return its result
+    record (OpenAI's batch output line); a busy server, or the key's own rate limit, is waited for as
+    long as it asks; None when `stop` is set meanwhile."""
+    headers = {TOKEN_HEADER: token} | ({OWNER_HEADER: owner} if owner is not None else {})
     while True:
-        response = await client.post(endpoint, json=line.body, headers={TOKEN_HEADER: token})
+        response = await client.post(endpoint, json=line.body, headers=headers)
         if response.status_code not in (429, 503):
             break
         try:
@@ -225,7 +229,7 @@ class BatchRunner:
             nonlocal last_save
             while todo and not stop.is_set():
                 line = todo.popleft()
-                result = await send_line(client, batch.endpoint, line, self.token, stop)
+                result = await send_line(client, batch.endpoint, line, self.token, stop, record.owner)
                 if result is None:
                     return  # cancelled while the server was busy
                 counts = batch.request_counts

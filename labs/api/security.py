@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from labs.api.batch_runner import TOKEN_HEADER
+from labs.api.batch_runner import OWNER_HEADER, TOKEN_HEADER
 from labs.api.errors import APIError
 from labs.api.keys import Caller
 from labs.api.rate_limits import RateLimited, Ticket
@@ -51,13 +51,22 @@ class KeyAccount:
 
 async def require_api_key(request: Request, credentials: HTTPAuthorizationCredentials | None = Security(_bearer),
                           x_api_key: str | None = Security(_x_api_key)) -> Caller | None:
-    """The caller (None when the server needs no key, and for a batch job's own lines); kept in request.state
-    (caller, and the priority its requests run at) for the response's rate-limit headers and the scheduler."""
+    """The caller (None when the server needs no key); kept in request.state (caller, and the priority its
+    requests run at) for the response's rate-limit headers and the scheduler. A batch job's lines, which
+    this process sends to itself, run as the key that made the job (its models and limits) at batch priority."""
     state = get_state(request)
     batch_token = request.headers.get(TOKEN_HEADER)
     if batch_token is not None and hmac.compare_digest(batch_token.encode(), state.batches.token.encode()):
-        request.state.priority = Priority.BATCH  # a line of a batch job, sent by this process to itself
-        return None
+        request.state.priority = Priority.BATCH
+        owner = request.headers.get(OWNER_HEADER)
+        if owner is None:  # made on a server without keys, or run by labs-gen batch
+            return None
+        caller = state.keyring.callers.get(owner)
+        if caller is None:
+            raise APIError(403, f"the API key '{owner}' that made this batch job is no longer configured on this server",
+                           type="permission_error", code="key_removed")
+        request.state.caller = caller
+        return caller
     keyring = state.keyring
     if not keyring:
         return None

@@ -307,3 +307,33 @@ def test_each_key_sees_only_its_own_files_and_jobs(tiny_model_dir: Path, labs_ca
         assert results(alice, batch.output_file_id)[0]["custom_id"] == "mine"
     finally:
         server.stop()
+
+
+def test_a_jobs_lines_run_as_its_key_with_its_models_and_limits(tiny_model_dir: Path, labs_cache_dir: Path,
+                                                                default_model_dir: Path, home: Path) -> None:
+    def digest(name: str) -> str:
+        return hashlib.sha256(f"sk-{name}".encode()).hexdigest()
+
+    toml = (f'[models]\nsmol = "{default_model_dir}"\n\n'
+            f'[keys.narrow]\nsha256 = "{digest("narrow")}"\nmodels = ["smol"]\n\n'
+            f'[keys.metered]\nsha256 = "{digest("metered")}"\nrequests_per_minute = 60\n')
+    server = serve(tiny_model_dir, labs_cache_dir, home, toml)
+    try:
+        narrow = client_of(server, "sk-narrow")
+        uploaded = narrow.files.create(file=("n.jsonl", jsonl([chat_line("not-mine", "hi")])), purpose="batch")
+        batch = wait_for(narrow, narrow.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                                       completion_window="24h").id, {"completed", "failed"})
+        refused = results(narrow, batch.error_file_id)  # the default model is not one this key may use
+        assert batch.request_counts.failed == 1 and refused[0]["response"]["status_code"] == 404
+        assert refused[0]["response"]["body"]["error"]["code"] == "model_not_found"
+        metered = client_of(server, "sk-metered")
+        lines = [chat_line(f"m{i}", f"metered {i}", max_tokens=1) for i in range(64)]
+        uploaded = metered.files.create(file=("m.jsonl", jsonl(lines)), purpose="batch")
+        batch = wait_for(metered, metered.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                                         completion_window="24h").id, {"completed", "failed"}, timeout=120)
+        assert (batch.request_counts.completed, batch.request_counts.failed) == (64, 0)  # over the limit: waited, not failed
+        with server.client() as raw:
+            usage = raw.get("/v1/usage", headers={"Authorization": "Bearer sk-metered"}).json()
+        assert usage["usage"]["requests"] == 64 and usage["usage"]["rate_limited"] >= 1  # the lines are its requests
+    finally:
+        server.stop()
