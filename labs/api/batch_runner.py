@@ -19,6 +19,7 @@ import logging
 import secrets
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -38,6 +39,34 @@ TOKEN_HEADER = "x-labs-batch-token"
 OWNER_HEADER = "x-labs-batch-owner"  # the key a job's lines run as (its models, limits and usage); trusted with the token only
 _MAX_WAIT_SECONDS = 30.0  # longest pause when the server says it is busy
 _SAVE_EVERY_SECONDS = 1.0  # progress counts reach the record at most this often (the result files are the truth)
+
+
+async def run_lines(app: Any, endpoint: str, todo: deque[BatchLine], token: str, stop: asyncio.Event, concurrency: int,
+                    on_result: Callable[[dict[str, Any]], None], owner: str | None = None) -> None:
+    """Send `todo`'s lines to `app` in-process, `concurrency` at a time, handing each result to `on_result`,
+    until all are done or `stop` is set: the requests then in flight are aborted, not waited for (a job
+    that is resumed sends them again)."""
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://labs.batch", timeout=None) as client:
+        async def worker() -> None:
+            while todo and not stop.is_set():
+                result = await send_line(client, endpoint, todo.popleft(), token, stop, owner)
+                if result is None:
+                    return  # stopped while the server was busy
+                on_result(result)
+
+        workers = [asyncio.create_task(worker()) for _ in range(max(1, min(concurrency, len(todo))))]
+        finished = asyncio.gather(*workers)
+        stopped = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait([finished, stopped], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (*workers, stopped):
+                task.cancel()
+            results = await asyncio.gather(*workers, stopped, return_exceptions=True)
+    for result in results:
+        if isinstance(result, Exception) and not isinstance(result, asyncio.CancelledError):
+            raise result
 
 
 def usage_of(body: Any) -> tuple[int, int, int, int]:
@@ -225,41 +254,23 @@ class BatchRunner:
         todo = deque(line for line in valid if line.custom_id not in done)
         last_save = time.monotonic()
 
-        async def worker(client: httpx.AsyncClient) -> None:
+        def record_result(result: dict[str, Any]) -> None:
             nonlocal last_save
-            while todo and not stop.is_set():
-                line = todo.popleft()
-                result = await send_line(client, batch.endpoint, line, self.token, stop, record.owner)
-                if result is None:
-                    return  # cancelled while the server was busy
-                counts = batch.request_counts
-                if result["response"]["status_code"] < 300:
-                    output.append(result)
-                    for index, value in enumerate(usage_of(result["response"]["body"])):
-                        usage[index] += value
-                    self._set_usage(batch, usage)
-                    batch.request_counts = BatchRequestCounts(total=counts.total, completed=counts.completed + 1, failed=counts.failed)
-                else:
-                    errors.append(result)
-                    batch.request_counts = BatchRequestCounts(total=counts.total, completed=counts.completed, failed=counts.failed + 1)
-                if time.monotonic() - last_save > _SAVE_EVERY_SECONDS:
-                    self.store.save(record)
-                    last_save = time.monotonic()
+            counts = batch.request_counts
+            if result["response"]["status_code"] < 300:
+                output.append(result)
+                for index, value in enumerate(usage_of(result["response"]["body"])):
+                    usage[index] += value
+                self._set_usage(batch, usage)
+                batch.request_counts = BatchRequestCounts(total=counts.total, completed=counts.completed + 1, failed=counts.failed)
+            else:
+                errors.append(result)
+                batch.request_counts = BatchRequestCounts(total=counts.total, completed=counts.completed, failed=counts.failed + 1)
+            if time.monotonic() - last_save > _SAVE_EVERY_SECONDS:
+                self.store.save(record)
+                last_save = time.monotonic()
 
-        transport = httpx.ASGITransport(app=self.app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://labs.batch", timeout=None) as client:
-            workers = [asyncio.create_task(worker(client)) for _ in range(min(self.concurrency, len(todo)) or 1)]
-            finished = asyncio.gather(*workers)
-            stopped = asyncio.create_task(stop.wait())
-            try:
-                await asyncio.wait([finished, stopped], return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for task in (*workers, stopped):
-                    task.cancel()  # a cancelled job's requests in flight are aborted, not waited for
-                results = await asyncio.gather(*workers, stopped, return_exceptions=True)
-            for result in results:
-                if isinstance(result, Exception) and not isinstance(result, asyncio.CancelledError):
-                    raise result
+        await run_lines(self.app, batch.endpoint, todo, self.token, stop, self.concurrency, record_result, record.owner)
         if batch.status == "in_progress":
             batch.status = "finalizing"
             batch.finalizing_at = int(time.time())

@@ -23,7 +23,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from labs.api.batch_lines import ENDPOINTS, BatchLine, parse_lines
+from labs.api.batch_lines import ENDPOINTS, parse_lines
 from labs.config import CliValue, Settings, export_dotenv, load_settings
 from labs.errors import LabsError
 
@@ -61,14 +61,13 @@ def endpoint_of(data: bytes) -> str:
 async def run_batch(settings: Settings, data: bytes, endpoint: str, output: Any, errors: Any,
                     progress: Progress) -> tuple[int, int, int, bool]:
     """Run the lines without a result yet; (completed, failed, skipped as done before, interrupted)."""
-    import httpx
-
-    from labs.api.batch_runner import send_line
+    from labs.api.batch_runner import run_lines
     from labs.api.factory import create_app
 
     valid, problems, _ = parse_lines(data, endpoint)
-    done_before = {line["custom_id"] for line in output.lines()} | {line["custom_id"] for line in errors.lines()}
-    refused_before = {line["error"]["message"] for line in errors.lines() if line.get("error")}
+    failed_before = errors.lines()
+    done_before = {line["custom_id"] for line in output.lines()} | {line["custom_id"] for line in failed_before}
+    refused_before = {line["error"]["message"] for line in failed_before if line.get("error")}
     refused = [problem for problem in problems if problem["error"]["message"] not in refused_before]
     for problem in refused:  # a rerun does not write the same refusal twice
         errors.append(problem)
@@ -81,38 +80,19 @@ async def run_batch(settings: Settings, data: bytes, endpoint: str, output: Any,
     loop.add_signal_handler(signal.SIGINT, stop.set)
     app = create_app(settings, resume_batch_jobs=False)
 
+    def record_result(result: dict[str, Any]) -> None:
+        nonlocal completed, failed
+        if result["response"]["status_code"] < 300:
+            output.append(result)
+            completed += 1
+        else:
+            errors.append(result)
+            failed += 1
+        progress.update(task, advance=1, description=f"{completed} answered, {failed} failed")
+
     try:
         async with app.router.lifespan_context(app):
-            token = app.state.labs.batches.token
-            transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-            async with httpx.AsyncClient(transport=transport, base_url="http://labs.batch", timeout=None) as client:
-                async def worker() -> None:
-                    nonlocal completed, failed
-                    while todo and not stop.is_set():
-                        line: BatchLine = todo.popleft()
-                        result = await send_line(client, endpoint, line, token, stop)
-                        if result is None:
-                            return
-                        if result["response"]["status_code"] < 300:
-                            output.append(result)
-                            completed += 1
-                        else:
-                            errors.append(result)
-                            failed += 1
-                        progress.update(task, advance=1, description=f"{completed} answered, {failed} failed")
-
-                workers = [asyncio.create_task(worker()) for _ in range(max(1, min(settings.engine.max_num_seqs, len(todo))))]
-                finished = asyncio.gather(*workers)
-                stopped = asyncio.create_task(stop.wait())
-                try:
-                    await asyncio.wait([finished, stopped], return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    for pending in (*workers, stopped):
-                        pending.cancel()  # on Ctrl-C the requests in flight are dropped: they run again next time
-                    results = await asyncio.gather(*workers, stopped, return_exceptions=True)
-                for result in results:
-                    if isinstance(result, Exception) and not isinstance(result, asyncio.CancelledError):
-                        raise result
+            await run_lines(app, endpoint, todo, app.state.labs.batches.token, stop, settings.engine.max_num_seqs, record_result)
     finally:
         loop.remove_signal_handler(signal.SIGINT)
     return completed, failed + len(refused), skipped, stop.is_set()
