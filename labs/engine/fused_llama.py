@@ -42,9 +42,11 @@ class FusedLinear:
         if any(isinstance(layer, Int8Linear) != self.int8 for layer in layers):
             raise ValueError("cannot fuse int8 and floating-point linear layers")
         self.sizes = [layer.out_features for layer in layers]
+        self.rowsum: torch.Tensor | None = None  # int8: each weight row's sum, for the few-rows kernel
         if self.int8:
             self.weight = _fuse_and_share(layers, "qweight")
             self.weight_scale = _fuse_and_share(layers, "weight_scale")
+            self.rowsum = self.weight.sum(dim=1, dtype=torch.int32)
         else:
             self.weight = _fuse_and_share(layers, "weight")
         biases = [layer.bias for layer in layers]
@@ -79,6 +81,19 @@ def _fuse_and_share(layers: list[nn.Module], attribute: str) -> torch.Tensor:
         else:
             layer.register_buffer(attribute, view)
     return fused
+
+
+# Up to this many rows, the native kernel multiplies by the int8 weights (bound by reading them);
+# beyond, oneDNN's blocked matmul (bound by arithmetic) is faster. Measured in docs/benchmarks.md.
+FEW_ROWS = 8
+
+
+def int8_products(kernels: ModuleType, x: torch.Tensor, fused: FusedLinear) -> torch.Tensor:
+    """The exact int32 products of int8 activations and a fused int8 weight, by the faster of two
+    interchangeable paths (both are exact integer sums, so the choice never changes a bit)."""
+    if x.shape[0] <= FEW_ROWS and kernels.few_rows_fast:
+        return kernels.int8_matmul_few_rows(x, fused.weight, fused.rowsum)
+    return torch._int_mm(x, fused.weight.t())
 
 
 @dataclass
@@ -245,22 +260,22 @@ class FusedLlamaForward:
         rotary_heads = self.heads + self.kv_heads
         x, x_scale = kernels.rms_norm_quantize(hidden, self.layers[0].input_norm, self.eps)
         for index, layer in enumerate(self.layers):
-            qkv = kernels.dequantize_rotary(torch._int_mm(x, layer.qkv.weight.t()), x_scale, layer.qkv.weight_scale,
+            qkv = kernels.dequantize_rotary(int8_products(kernels, x, layer.qkv), x_scale, layer.qkv.weight_scale,
                                             addend(x, x_scale, index, "qkv", layer.qkv), cos, sin_signed, rotary_heads, self.head_dim)
             query = qkv[:, :q_width].view(tokens, self.heads, self.head_dim)
             key = qkv[:, q_width:q_width + kv_width].view(tokens, self.kv_heads, self.head_dim)
             value = qkv[:, q_width + kv_width:].view(tokens, self.kv_heads, self.head_dim)
             attended = paged_attention(layer.index, query, key, value, batch, layer.scale)
             x, x_scale = kernels.quantize(attended.reshape(tokens, q_width).contiguous())
-            x, x_scale = kernels.residual_rms_norm_quantize(torch._int_mm(x, layer.o.weight.t()), x_scale, layer.o.weight_scale,
+            x, x_scale = kernels.residual_rms_norm_quantize(int8_products(kernels, x, layer.o), x_scale, layer.o.weight_scale,
                                                             addend(x, x_scale, index, "o", layer.o), hidden, layer.post_norm, self.eps)
-            x, x_scale = kernels.silu_mul_quantize(torch._int_mm(x, layer.gate_up.weight.t()), x_scale, layer.gate_up.weight_scale,
+            x, x_scale = kernels.silu_mul_quantize(int8_products(kernels, x, layer.gate_up), x_scale, layer.gate_up.weight_scale,
                                                    addend(x, x_scale, index, "gate_up", layer.gate_up))
-            down, down_addend = torch._int_mm(x, layer.down.weight.t()), addend(x, x_scale, index, "down", layer.down)
+            down, down_addend = int8_products(kernels, x, layer.down), addend(x, x_scale, index, "down", layer.down)
             if index + 1 < len(self.layers):
                 x, x_scale = kernels.residual_rms_norm_quantize(down, x_scale, layer.down.weight_scale, down_addend, hidden,
                                                                 self.layers[index + 1].input_norm, self.eps)
             else:
                 kernels.residual_add(down, x_scale, layer.down.weight_scale, down_addend, hidden)
         x, x_scale = kernels.rms_norm_quantize(hidden.index_select(0, keep), self.final_norm, self.eps)
-        return kernels.dequantize(torch._int_mm(x, self.head.weight.t()), x_scale, self.head.weight_scale, self.head.bias)
+        return kernels.dequantize(int8_products(kernels, x, self.head), x_scale, self.head.weight_scale, self.head.bias)

@@ -199,6 +199,50 @@ def test_bad_inputs_are_refused_with_what_was_wrong(kernels: ModuleType) -> None
     assert_quantized_close(kernels.quantize(x), quantize_reference(x))  # and the module still works
 
 
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8])
+@pytest.mark.parametrize("out_features,in_features", [(960, 576), (7, 100), (13, 64), (5, 1536)])
+def test_int8_matmul_few_rows_is_exactly_int_mm(kernels: ModuleType, rows: int, out_features: int, in_features: int) -> None:
+    generator = torch.Generator().manual_seed(rows * 1000 + out_features)
+    # the extremes included: -127..127 activations (as quantize_row makes) and -128..127 weights
+    x = torch.randint(-127, 128, (rows, in_features), dtype=torch.int8, generator=generator)
+    x[0, :3] = torch.tensor([127, -127, 127], dtype=torch.int8)
+    weight = torch.randint(-128, 128, (out_features, in_features), dtype=torch.int8, generator=generator)
+    weight[0] = -128
+    got = kernels.int8_matmul_few_rows(x, weight, weight.sum(dim=1, dtype=torch.int32))
+    padded = torch.cat([x, x.new_zeros(max(0, 17 - rows), in_features)])  # _int_mm wants more than 16 rows on some builds
+    assert got.dtype == torch.int32 and torch.equal(got, torch._int_mm(padded, weight.t())[:rows])
+
+
+def test_int8_matmul_few_rows_refuses_what_does_not_fit(kernels: ModuleType) -> None:
+    x, weight = torch.zeros(2, 64, dtype=torch.int8), torch.zeros(8, 64, dtype=torch.int8)
+    rowsum = weight.sum(dim=1, dtype=torch.int32)
+    with pytest.raises(RuntimeError, match="x must be a contiguous 2-D int8 CPU tensor"):
+        kernels.int8_matmul_few_rows(x.float(), weight, rowsum)
+    with pytest.raises(RuntimeError, match="w must be a contiguous int8 \\[N, K\\] CPU tensor with K = 64"):
+        kernels.int8_matmul_few_rows(x, weight[:, :32], rowsum)
+    with pytest.raises(RuntimeError, match="rowsum must be int32 with one value per row of w"):
+        kernels.int8_matmul_few_rows(x, weight, rowsum[:4])
+
+
+def test_the_kernels_split_work_over_torchs_threads(kernels: ModuleType) -> None:
+    """Built with OpenMP, at::parallel_for uses torch's thread team (without it, every kernel ran on one thread)."""
+    if torch.get_num_threads() < 2:
+        pytest.skip("one torch thread here")
+    x = torch.randint(-127, 128, (1, 576), dtype=torch.int8)
+    weight = torch.randint(-127, 128, (8192, 576), dtype=torch.int8)
+    rowsum = weight.sum(dim=1, dtype=torch.int32)
+
+    def cpu_seconds(calls: int) -> tuple[float, float]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        for _ in range(calls):
+            kernels.int8_matmul_few_rows(x, weight, rowsum)
+        return time.perf_counter() - wall, time.process_time() - cpu
+
+    cpu_seconds(20)
+    wall, cpu = cpu_seconds(400)
+    assert cpu > 1.3 * wall, f"{cpu:.3f} s of CPU in {wall:.3f} s: the kernel ran on one thread"
+
+
 def test_store_pages_writes_each_token_to_its_slot(kernels: ModuleType) -> None:
     qkv = torch.randn(5, 8 * 16)  # keys and values as views into a fused projection, like the forward's
     key, value = qkv[:, :32].view(5, 2, 16), qkv[:, 32:64].view(5, 2, 16)

@@ -38,7 +38,10 @@ from labs.errors import LabsError
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("kernels.cpp")
-COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math")
+# -fopenmp: at::parallel_for splits work over torch's threads only in code built with OpenMP (it
+# runs serially otherwise); the module then shares torch's own libgomp and its thread count.
+COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math")
+LINK_FLAGS = ("-fopenmp",)
 MODES = ("auto", "on", "off")
 READY_MARKER = "ready.json"
 FAILED_MARKER = "failed.json"
@@ -93,7 +96,7 @@ def build_key() -> str:
     import torch
 
     digest = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), torch.__version__.encode(), sys.version.encode(), " ".join(COMPILE_FLAGS).encode(),
+    for part in (SOURCE.read_bytes(), torch.__version__.encode(), sys.version.encode(), " ".join(COMPILE_FLAGS + LINK_FLAGS).encode(),
                  _compiler_version(_compiler() or "c++").encode(), _cpu_flags().encode()):
         digest.update(part)
         digest.update(b"\0")

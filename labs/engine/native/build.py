@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from labs.engine.native import BUILD_LOCK, BUILD_LOG, COMPILE_FLAGS, FAILED_MARKER, READY_MARKER, SOURCE, _import_built
+from labs.engine.native import BUILD_LOCK, BUILD_LOG, COMPILE_FLAGS, FAILED_MARKER, LINK_FLAGS, READY_MARKER, SOURCE, _import_built
 
 
 def build(folder: Path, name: str) -> None:
@@ -27,7 +27,8 @@ def build(folder: Path, name: str) -> None:
     (folder / "lock").unlink(missing_ok=True)
     # ninja from the environment's own bin folder (the `ninja` package) when it is not on PATH
     os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
-    load(name=name, sources=[str(SOURCE)], build_directory=str(folder), extra_cflags=list(COMPILE_FLAGS), verbose=True)
+    load(name=name, sources=[str(SOURCE)], build_directory=str(folder), extra_cflags=list(COMPILE_FLAGS),
+         extra_ldflags=list(LINK_FLAGS), verbose=True)
 
 
 def main(argv: list[str]) -> int:

@@ -8,6 +8,11 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#include <immintrin.h>
+#define LABS_VNNI_512 1
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -577,6 +582,106 @@ Tensor decode_attention(const Tensor& q, const Tensor& keys, const Tensor& value
   return out;
 }
 
+namespace {
+
+#ifdef LABS_VNNI_512
+// R weight rows times MT activation rows over K: the activations come shifted to unsigned
+// (x + 128, what vpdpbusd multiplies), and 128 * rowsum(w) is taken off again, so each result
+// is the exact integer sum of x * w.
+template <int R, int MT>
+inline void small_tile(const uint8_t* xu, int64_t K, const int8_t* w, int32_t* out, int64_t out_stride, const int32_t* rowsum) {
+  __m512i acc[R][MT];
+  for (int r = 0; r < R; r++)
+    for (int m = 0; m < MT; m++) acc[r][m] = _mm512_setzero_si512();
+  int64_t k = 0;
+  for (; k + 64 <= K; k += 64) {
+    __m512i xv[MT];
+    for (int m = 0; m < MT; m++) xv[m] = _mm512_loadu_si512(xu + m * K + k);
+    for (int r = 0; r < R; r++) {
+      // the stream runs through consecutive rows: fetch a few tiles ahead of the one in use
+      _mm_prefetch(reinterpret_cast<const char*>(w + r * K + k + 8192), _MM_HINT_T0);
+      const __m512i wv = _mm512_loadu_si512(w + r * K + k);
+      for (int m = 0; m < MT; m++) acc[r][m] = _mm512_dpbusd_epi32(acc[r][m], xv[m], wv);
+    }
+  }
+  if (k < K) {
+    const __mmask64 mask = (~0ULL) >> (64 - (K - k));
+    __m512i xv[MT];
+    for (int m = 0; m < MT; m++) xv[m] = _mm512_maskz_loadu_epi8(mask, xu + m * K + k);
+    for (int r = 0; r < R; r++) {
+      const __m512i wv = _mm512_maskz_loadu_epi8(mask, w + r * K + k);
+      for (int m = 0; m < MT; m++) acc[r][m] = _mm512_dpbusd_epi32(acc[r][m], xv[m], wv);
+    }
+  }
+  for (int r = 0; r < R; r++)
+    for (int m = 0; m < MT; m++) out[m * out_stride + r] = _mm512_reduce_add_epi32(acc[r][m]) - 128 * rowsum[r];
+}
+
+template <int R>
+inline void small_rows(const uint8_t* xu, int64_t M, int64_t K, const int8_t* w, int32_t* out, int64_t N, const int32_t* rowsum) {
+  for (int64_t m0 = 0; m0 < M; m0 += 4) {
+    const uint8_t* x = xu + m0 * K;
+    int32_t* o = out + m0 * N;
+    switch (std::min<int64_t>(4, M - m0)) {
+      case 1: small_tile<R, 1>(x, K, w, o, N, rowsum); break;
+      case 2: small_tile<R, 2>(x, K, w, o, N, rowsum); break;
+      case 3: small_tile<R, 3>(x, K, w, o, N, rowsum); break;
+      default: small_tile<R, 4>(x, K, w, o, N, rowsum); break;
+    }
+  }
+}
+#endif
+
+}  // namespace
+
+// x [M, K] int8 times w [N, K] int8 transposed: the exact int32 products [M, N], as
+// torch._int_mm(x, w.t()) gives them, for the few rows of a decode step. Why: for M <= 8 the
+// step reads every weight once and is bound by memory, and oneDNN's int8 path streams the
+// weights at ~60% of the speed this loop does on one row (docs/benchmarks.md); every row's sums
+// are exact integers, so the two are interchangeable bit for bit. `rowsum` is w.sum(1) (int32).
+Tensor int8_matmul_few_rows(const Tensor& x, const Tensor& w, const Tensor& rowsum) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == torch::kInt8 && x.dim() == 2 && x.is_contiguous(),
+              "x must be a contiguous 2-D int8 CPU tensor, got ", x.scalar_type(), " ", x.sizes());
+  TORCH_CHECK(w.device().is_cpu() && w.scalar_type() == torch::kInt8 && w.dim() == 2 && w.is_contiguous() && w.size(1) == x.size(1),
+              "w must be a contiguous int8 [N, K] CPU tensor with K = ", x.size(1), ", got ", w.scalar_type(), " ", w.sizes());
+  TORCH_CHECK(rowsum.scalar_type() == torch::kInt32 && rowsum.is_contiguous() && rowsum.numel() == w.size(0),
+              "rowsum must be int32 with one value per row of w");
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  Tensor out = torch::empty({M, N}, x.options().dtype(torch::kInt32));
+  const int8_t* xp = x.data_ptr<int8_t>();
+  const int8_t* wp = w.data_ptr<int8_t>();
+  const int32_t* rs = rowsum.data_ptr<int32_t>();
+  int32_t* op = out.data_ptr<int32_t>();
+#ifdef LABS_VNNI_512
+  std::vector<uint8_t> shifted(M * K);
+  for (int64_t i = 0; i < M * K; i++) shifted[i] = static_cast<uint8_t>(xp[i] ^ 0x80);
+  const uint8_t* xu = shifted.data();
+  at::parallel_for(0, (N + 3) / 4, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t group = begin; group < end; group++) {
+      const int64_t n = group * 4, rows = std::min<int64_t>(4, N - n);
+      if (rows == 4) {
+        small_rows<4>(xu, M, K, wp + n * K, op + n, N, rs + n);
+      } else {
+        for (int64_t r = 0; r < rows; r++) small_rows<1>(xu, M, K, wp + (n + r) * K, op + n + r, N, rs + n + r);
+      }
+    }
+  });
+#else
+  (void)rs;
+  at::parallel_for(0, N, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; n++) {
+      for (int64_t m = 0; m < M; m++) {
+        int32_t sum = 0;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t k = 0; k < K; k++) sum += static_cast<int32_t>(xp[m * K + k]) * static_cast<int32_t>(wp[n * K + k]);
+        op[m * N + n] = sum;
+      }
+    }
+  });
+#endif
+  return out;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "labs fused row kernels for the int8 CPU forward";
   // Released like torch's own operations, so the API's event loop runs while a kernel does.
@@ -591,5 +696,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("store_pages", &store_pages, "the step's keys and values into the paged cache", without_gil);
   m.def("store_decode_rows", &store_decode_rows, "the decoding rows' keys and values into the decode buffer", without_gil);
   m.def("lora_update", &lora_update, "LoRA updates of the rows with an adapter, from int8 activations", without_gil);
+  m.def("int8_matmul_few_rows", &int8_matmul_few_rows, "exact int32 x @ w.T for a few rows, bound by reading w", without_gil);
+#ifdef LABS_VNNI_512
+  m.attr("few_rows_fast") = true;
+#else
+  m.attr("few_rows_fast") = false;  // the portable loop: correct, but oneDNN's is faster
+#endif
   m.def("decode_attention", &decode_attention, "decode attention over the dense decode buffer, batch-invariant", without_gil);
 }
