@@ -35,6 +35,17 @@ def test_default_model_answers_paris(cache_env: Path) -> None:
     assert "Paris" in result.stdout
 
 
+def test_after_a_model_ran_the_script_exits_fast_with_its_code_and_all_output(cache_env: Path) -> None:
+    """The one-shot skips Python's teardown once torch is loaded (os._exit): output must still be
+    complete and the exit code the command's own, for an answer and for an error."""
+    result = run_cli(["--prompt", QUESTION, "--max-new-tokens", "8", "--temperature", "0", "--json", "--no-rag"])
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["completion_tokens"] == 8
+    too_long = run_cli(["--prompt", "word " * 9000, "--max-new-tokens", "4", "--no-rag"])
+    assert too_long.returncode == 2
+    assert "context is 8192 tokens: shorten it" in too_long.stderr and too_long.stdout == ""
+
+
 def test_json_output_has_text_counts_and_timing(cache_env: Path) -> None:
     result = runner.invoke(app, ["--prompt", QUESTION, "--max-new-tokens", "32", "--temperature", "0", "--json"])
     assert result.exit_code == 0, result.output
