@@ -104,6 +104,9 @@ class _EngineCollector(Collector):
         generated = CounterMetricFamily("labs_generation_tokens", "Tokens generated (since the model was loaded).", labels=["model"])
         finished = CounterMetricFamily("labs_engine_requests_finished", "Requests the engine finished.", labels=["model"])
         preempted = CounterMetricFamily("labs_engine_preemptions", "Sequences preempted for lack of cache.", labels=["model"])
+        drafts = CounterMetricFamily("labs_engine_draft_tokens", "Draft tokens checked by speculative decoding.", labels=["model"])
+        accepted = CounterMetricFamily("labs_engine_accepted_draft_tokens",
+                                       "Draft tokens the model agreed with (each one a decode step saved).", labels=["model"])
         for served in registry.loaded_models():
             try:
                 stats = served.engine.stats(timeout=2.0)
@@ -120,4 +123,6 @@ class _EngineCollector(Collector):
             generated.add_metric(label, stats.generation_tokens_total)
             finished.add_metric(label, stats.requests_finished_total)
             preempted.add_metric(label, stats.preemptions_total)
-        return [loaded, waiting, running, usage, blocks, prompt, cached, generated, finished, preempted]
+            drafts.add_metric(label, stats.draft_tokens_total)
+            accepted.add_metric(label, stats.accepted_draft_tokens_total)
+        return [loaded, waiting, running, usage, blocks, prompt, cached, generated, finished, preempted, drafts, accepted]

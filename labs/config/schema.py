@@ -364,6 +364,11 @@ KEYS: tuple[Key, ...] = (
          "While interactive requests run, lower-priority work (batch jobs, keys with priority low or batch) "
          "keeps at most this many sequences running; the others pause, their cache kept, until the "
          "interactive work is done. 0 pauses it entirely.", env="LABS_BACKGROUND_ROWS"),
+    _key("engine", "speculative_tokens", integer_at_least(0), 4,
+         "Speculative decoding by prompt lookup: while few requests run, each step also checks up to this "
+         "many tokens guessed from what followed the same words earlier in the prompt or answer, and keeps "
+         "the ones the model itself would have chosen (greedy requests; the output is unchanged, only "
+         "faster where answers repeat their context). 0 turns it off.", env="LABS_SPECULATIVE_TOKENS"),
     _key("engine", "max_batched_tokens", integer_at_least(16), 512,
          "Tokens per forward step (decode tokens plus prefill chunks): bounds a step's latency.",
          env="LABS_MAX_BATCHED_TOKENS"),

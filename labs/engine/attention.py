@@ -189,10 +189,13 @@ def _dense_decode_attention(q: torch.Tensor, key: torch.Tensor, value: torch.Ten
     _, kv_heads, head_dim, _ = keys.shape
     heads = q.shape[1]
     group = heads // kv_heads
+    plain = sliding_window is None and softcap is None and sinks is None
+    if decode.buffer_rows is not None and not (native is not None and plain):
+        raise RuntimeError("draft tokens are verified only by the native decode attention (the engine should not have proposed them)")
     if native is not None:
-        native.store_decode_rows(key, value, keys, values, decode.lengths)
-        if sliding_window is None and softcap is None and sinks is None:  # the same bits alone or batched
-            return native.decode_attention(q, keys, values, decode.lengths, scale).to(q.dtype)
+        native.store_decode_rows(key, value, keys, values, decode.lengths, decode.buffer_rows)
+        if plain:  # the same bits alone or batched
+            return native.decode_attention(q, keys, values, decode.lengths, scale, decode.buffer_rows).to(q.dtype)
     else:
         keys.view(-1).put_(decode.key_write_index, key[:rows].reshape(-1).to(keys.dtype))
         values.view(-1, head_dim).index_copy_(0, decode.value_write_index, value[:rows].reshape(-1, head_dim).to(values.dtype))

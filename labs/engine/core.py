@@ -25,7 +25,8 @@ from labs.engine.kv_blocks import BlockAllocator
 from labs.engine.fused_llama import lora_slots, supports
 from labs.engine.kv_cache import KVCache, budget_bytes, cache_shape_for, num_blocks_for_budget
 from labs.engine.lora import LoraSlot, module_slots, slot_bytes
-from labs.engine.runner import ModelRunner
+from labs.engine.ngram import NgramDrafter
+from labs.engine.runner import ModelRunner, StepLogits
 from labs.engine.sampler import RowState, Sampler, make_generator
 from labs.engine.sampling import SamplingParams
 from labs.engine.scheduler import Scheduler, SchedulerOutput
@@ -33,6 +34,10 @@ from labs.engine.sequence import PRIORITY_LEVELS, OutputSink, RequestOutput, Seq
 from labs.engine.verify import verify_engine_matches_model
 
 logger = logging.getLogger(__name__)
+
+# Draft tokens are proposed while fewer sequences than this decode: a step of a few rows is bound by
+# reading the weights, so checking drafts there costs little; a batch is bound by arithmetic.
+SPECULATE_BELOW = 4
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,7 @@ class EngineConfig:
     cpu_threads: str | int = "auto"  # torch threads on CPU: auto (fit to the free cores, labs.engine.cpu_share) or a count
     max_loras: int = 0  # LoRA adapters resident at once (labs.engine.adapters); 0: none served
     max_lora_rank: int = 64  # the largest adapter rank accepted; memory for max_loras of it is reserved
+    speculative_tokens: int = 4  # draft tokens by prompt lookup checked per step (labs.engine.ngram); 0: off
 
 
 @dataclass
@@ -66,6 +72,8 @@ class EngineStats:
     requests_finished_total: int = 0
     preemptions_total: int = 0
     steps_total: int = 0
+    draft_tokens_total: int = 0  # draft tokens checked (speculative decoding)
+    accepted_draft_tokens_total: int = 0  # of them, the ones the model agreed with (each saves a step)
     time_to_first_token: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
     time_per_output_token: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
 
@@ -109,7 +117,9 @@ class EngineCore:
             self.runner.serve_adapters(self.adapters)
         self.scheduler = Scheduler(self.allocator, self.config.max_num_seqs, self.config.max_batched_tokens,
                                    cache_namespace=self._cache_namespace, ready=lambda seq: self.adapters.is_resident(seq.adapter),
-                                   background_rows=self.config.background_rows)
+                                   background_rows=self.config.background_rows,
+                                   drafts=self._drafts if self.config.speculative_tokens > 0 else None,
+                                   speculate_below=SPECULATE_BELOW)
         self.sampler = Sampler()
         self.eos_ids = eos_token_ids(model, tokenizer)
         self.vocab_size = model.get_output_embeddings().out_features
@@ -119,6 +129,25 @@ class EngineCore:
         self.waiting_by_priority: tuple[int, ...] = (0,) * PRIORITY_LEVELS
         self._forks: dict[int, list[Sequence]] = {}  # parent seq_id -> samples waiting to share its prefill
         self._orphaned: set[str] = set()  # requests whose consumer can no longer receive outputs
+
+    def _drafts(self, seq: Sequence) -> list[int]:
+        """Draft tokens for a decoding sequence: what followed the same n-gram earlier in its text.
+
+        Only for greedy requests without a grammar, and only where the runner checks drafts with
+        the arithmetic of a plain step: a sequence then gets exactly the tokens it would get
+        without speculation, only in fewer steps."""
+        params = seq.params
+        if seq.matcher is not None or not (params.temperature == 0.0 or params.top_k == 1) or not self.runner.verifies_exactly:
+            return []
+        room = min(self.config.speculative_tokens, seq.max_tokens - len(seq.output_token_ids) - 1)
+        if room <= 0:
+            return []
+        if seq.drafter is None:
+            seq.drafter = NgramDrafter()
+        missing = seq.num_tokens - len(seq.drafter.tokens)
+        if missing > 0:
+            seq.drafter.extend(seq.all_token_ids[-missing:])
+        return seq.drafter.propose(room)
 
     def _cache_namespace(self, seq: Sequence) -> str | None:
         return None if seq.adapter is None else self.adapters.get(seq.adapter).cache_key
@@ -249,7 +278,10 @@ class EngineCore:
         try:
             step_logits = self.runner.run(scheduled)
             self._advance_computed(scheduled)
-            self._sample_and_deliver(step_logits.sequences, step_logits.logits)
+            self._sample_and_deliver(step_logits)
+            for seq, draft in zip(scheduled.decodes, scheduled.drafts):
+                if draft and seq.status is not Status.FINISHED:
+                    self.runner.rewind(seq)  # the slots of drafts not confirmed go back
         except Exception as error:  # noqa: BLE001 - one bad step must not kill the engine
             affected = {*scheduled.decodes, *(p.seq for p in scheduled.prefills)}
             logger.exception("engine step failed; failing the %d sequences in it", len(affected))
@@ -280,33 +312,45 @@ class EngineCore:
             item.seq.num_computed_tokens += item.length
             self.allocator.mark_computed(item.seq.seq_id, item.seq.num_computed_tokens)
 
-    def _sample_and_deliver(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
-        rows = list(seqs)
+    def _sample_and_deliver(self, step: StepLogits) -> None:
+        seqs, logits = step.sequences, step.logits
+        rows, drafts = list(seqs), list(step.drafts)
+        starts = _row_starts(drafts)  # each sequence's first logits row
         row_logits = logits
-        forked: list[Sequence] = []
         for position, seq in enumerate(seqs):
             for child in self._forks.pop(seq.seq_id, []):
                 if self._fork(seq, child):
-                    forked.append(child)
                     rows.append(child)
-                    row_logits = torch.cat([row_logits, logits[position:position + 1]])
-        guided = [(i, s.matcher) for i, s in enumerate(rows) if s.matcher is not None]
+                    drafts.append([])
+                    row_logits = torch.cat([row_logits, logits[starts[position]:starts[position] + 1]])
+        starts = _row_starts(drafts)
+        guided = [(starts[i], s.matcher) for i, s in enumerate(rows) if s.matcher is not None]
         if guided:
             if row_logits is logits:
                 row_logits = logits.clone()  # the runner's buffer may be reused
             self.guide.mask_logits(row_logits, guided)
-        states = [RowState(s.params, s.prompt_token_ids, s.output_token_ids, s.generator, self.eos_ids) for s in rows]
+        # a row checking draft token j sees the output as it is if drafts 0..j-1 are accepted
+        states = [RowState(s.params, s.prompt_token_ids, s.output_token_ids + draft[:j] if j else s.output_token_ids, s.generator, self.eos_ids)
+                  for s, draft in zip(rows, drafts) for j in range(1 + len(draft))]
         # A broken row must fail, not emit a token; max propagates NaN (10x cheaper than isnan().any()).
         invalid = torch.isnan(row_logits.amax(dim=-1)).tolist()
         result = self.sampler(row_logits, states)
         now = time.perf_counter()
-        for i, seq in enumerate(rows):
-            if invalid[i]:
-                self._fail_request(seq.request_id, "the model produced invalid (NaN) scores for this request; its output was stopped")
-                continue
-            self._accept_token(seq, result.token_ids[i], now,
-                               None if result.logprobs is None else result.logprobs[i],
-                               None if result.top_logprobs is None else result.top_logprobs[i])
+        for seq, draft, start in zip(rows, drafts, starts):
+            for j in range(1 + len(draft)):
+                row = start + j
+                if invalid[row]:
+                    self._fail_request(seq.request_id, "the model produced invalid (NaN) scores for this request; its output was stopped")
+                    break
+                token = result.token_ids[row]
+                self._accept_token(seq, token, now, None if result.logprobs is None else result.logprobs[row],
+                                   None if result.top_logprobs is None else result.top_logprobs[row])
+                if j == len(draft) or seq.status is Status.FINISHED or token != draft[j]:
+                    break
+                # the model chose draft token j itself: its key and value, computed in this step, stand
+                seq.num_computed_tokens += 1
+                self.stats.accepted_draft_tokens_total += 1
+            self.stats.draft_tokens_total += len(draft)
 
     def _fork(self, parent: Sequence, child: Sequence) -> bool:
         """Let a further sample of the same prompt share the parent's computed prefill."""
@@ -451,6 +495,15 @@ def eos_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:
     if tokenizer.eos_token_id is not None:
         ids.add(int(tokenizer.eos_token_id))
     return frozenset(ids)
+
+
+def _row_starts(drafts: list[list[int]]) -> list[int]:
+    """The first logits row of each sampled sequence: one row, plus one per draft token it checks."""
+    starts, row = [], 0
+    for draft in drafts:
+        starts.append(row)
+        row += 1 + len(draft)
+    return starts
 
 
 def _error_message(error: Exception) -> str:

@@ -46,6 +46,8 @@ class DenseDecodeRows:
     value_write_index: torch.Tensor  # [count * kv_heads] flat (row, head, position) of each new value vector
     padding: torch.Tensor  # [count, 1, 1, length] bool, True past a sequence's length
     lengths: torch.Tensor  # [count, 1, 1, 1] tokens in each sequence's context (for sliding windows)
+    # the buffer row of each query row, when a sequence verifying drafts has several (else row i is buffer row i)
+    buffer_rows: torch.Tensor | None = None
 
 
 Fill = Callable[[Sequence, int, int], None]  # (sequence, row, tokens) copies its first tokens into row
@@ -83,11 +85,12 @@ class DecodeBuffer:
         """Forget every row (the storage and its layout stay)."""
         self.seq_ids, self.filled = [], []
 
-    def prepare(self, seqs: list[Sequence], fill: Fill) -> list[Sequence] | None:
+    def prepare(self, seqs: list[Sequence], fill: Fill, drafts: dict[int, int] | None = None) -> list[Sequence] | None:
         """Give exactly `seqs` (decoding this step) a row each, holding every position before
         their newest token; returns them in row order, or None (rows cleared) when they do
-        not fit in the memory share."""
-        longest = _round_up(max(seq.num_tokens for seq in seqs), LENGTH_STEP)
+        not fit in the memory share. `drafts`: seq id -> draft tokens it also feeds this step."""
+        drafts = drafts or {}
+        longest = _round_up(max(seq.num_tokens + drafts.get(seq.seq_id, 0) for seq in seqs), LENGTH_STEP)
         # the most positions these sequences can reach: sized for it up front, rows never have
         # to move while they decode
         final = _round_up(max(len(seq.prompt_token_ids) + seq.max_tokens for seq in seqs), LENGTH_STEP)
@@ -118,17 +121,28 @@ class DecodeBuffer:
             if self.filled[row] != seq.num_tokens - 1:  # a new row, or one that fell behind
                 fill(seq, row, seq.num_tokens - 1)
                 self._zero_values_from(row, seq.num_tokens - 1)
-            self.filled[row] = seq.num_tokens  # after this step's write
+            self.filled[row] = seq.num_tokens + drafts.get(seq.seq_id, 0)  # after this step's writes
         by_id = {seq.seq_id: seq for seq in seqs}
         return [by_id[seq_id] for seq_id in self.seq_ids]
 
-    def rows(self, seqs: list[Sequence]) -> DenseDecodeRows:
-        """The attention's view of the rows prepared for `seqs` (in row order)."""
+    def rows(self, seqs: list[Sequence], drafts: dict[int, int] | None = None) -> DenseDecodeRows:
+        """The attention's view of the rows prepared for `seqs` (in row order). A sequence with
+        drafts has 1 + drafts query rows on its buffer row, each seeing one more position."""
+        drafts = drafts or {}
         count, heads, capacity, dims = len(seqs), self.shape.kv_heads, self.length_capacity, self.shape.head_dim
-        lengths = torch.tensor([seq.num_tokens for seq in seqs], dtype=torch.long)
+        buffer_rows = None
+        if drafts:
+            per_row = [1 + drafts.get(seq.seq_id, 0) for seq in seqs]
+            buffer_rows = torch.repeat_interleave(torch.arange(count), torch.tensor(per_row))
+            lengths = torch.tensor([seq.num_tokens + extra for seq in seqs for extra in range(1 + drafts.get(seq.seq_id, 0))],
+                                   dtype=torch.long)
+            count = len(lengths)
+        else:
+            lengths = torch.tensor([seq.num_tokens for seq in seqs], dtype=torch.long)
         length = int(lengths.max())
         newest = (lengths - 1)[:, None]
-        row_head = torch.arange(count)[:, None] * heads + torch.arange(heads)[None, :]  # [count, heads]
+        row_of = torch.arange(count) if buffer_rows is None else buffer_rows
+        row_head = row_of[:, None] * heads + torch.arange(heads)[None, :]  # [count, heads]
         value_write_index = (row_head * capacity + newest).reshape(-1)
         row_head_dim = row_head.reshape(-1, 1) * dims + torch.arange(dims)[None, :]  # [count * heads, dims]
         key_write_index = (row_head_dim * capacity + newest.repeat_interleave(heads, dim=0)).reshape(-1)
@@ -142,7 +156,15 @@ class DecodeBuffer:
             value_write_index=value_write_index.to(self.device),
             padding=padding.to(self.device)[:, None, None, :],
             lengths=lengths.to(self.device)[:, None, None, None],
+            buffer_rows=None if buffer_rows is None else buffer_rows.to(self.device),
         )
+
+    def rewind(self, seq_id: int, tokens: int) -> None:
+        """A sequence's row holds valid keys and values for its first `tokens` positions only
+        (rejected drafts after them are overwritten by the next steps, never read before)."""
+        if seq_id in self.seq_ids:
+            row = self.seq_ids.index(seq_id)
+            self.filled[row] = min(self.filled[row], tokens)
 
     def _zero_values_from(self, row: int, start: int) -> None:
         """Zero a row's values past its filled positions, whatever a previous occupant left

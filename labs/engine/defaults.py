@@ -28,4 +28,5 @@ def engine_config_from_settings(settings: SimpleNamespace, page_bytes: int | Non
         cpu_threads=engine.cpu_threads,
         max_loras=engine.max_loras,
         max_lora_rank=engine.max_lora_rank,
+        speculative_tokens=engine.speculative_tokens,
     )

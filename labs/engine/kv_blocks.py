@@ -220,6 +220,49 @@ class BlockAllocator:
             state.tail.append(int(token_id))
         return state.table[-1] * self.block_size + position % self.block_size
 
+    def can_append_tokens(self, seq_id: object, count: int) -> bool:
+        """True if `count` more tokens fit (room in the last block plus free blocks)."""
+        state = self._seq(seq_id)
+        return self._blocks_for(state.num_tokens + count) - len(state.table) <= self.num_free_blocks
+
+    def append_draft_slots(self, seq_id: object, token_ids: Sequence[int]) -> list[int]:
+        """Adds the newest token and draft tokens after it (speculative decoding); returns their slots.
+
+        Only blocks before the newest token are published: the drafts may be rejected, and
+        `truncate` then takes them back."""
+        state = self._seq(seq_id)
+        if not self.can_append_tokens(seq_id, len(token_ids)):
+            raise OutOfBlocksError(f"no free blocks to extend sequence {seq_id!r} by {len(token_ids)} tokens")
+        self._publish_full_blocks(state, state.num_tokens)
+        slots = []
+        for token_id in token_ids:
+            if state.num_tokens % self.block_size == 0:
+                state.table.append(self._take_free_block())
+            position = state.num_tokens
+            state.num_tokens += 1
+            if self.enable_prefix_caching:
+                state.tail.append(int(token_id))
+            slots.append(state.table[-1] * self.block_size + position % self.block_size)
+        return slots
+
+    def truncate(self, seq_id: object, num_tokens: int) -> None:
+        """Drop the sequence's tokens from `num_tokens` on (rejected drafts), freeing blocks left empty."""
+        state = self._seq(seq_id)
+        hashed = state.num_hashed * self.block_size
+        if not hashed <= num_tokens <= state.num_tokens:
+            raise ValueError(f"cannot truncate {seq_id!r} to {num_tokens} tokens (it has {state.num_tokens}, {hashed} published)")
+        if self.enable_prefix_caching:
+            del state.tail[num_tokens - hashed:]
+        state.num_tokens = num_tokens
+        while len(state.table) > self._blocks_for(num_tokens):
+            block = self._blocks[state.table.pop()]
+            block.ref_count -= 1
+            if block.ref_count == 0:
+                if block.hash is not None:
+                    self._free_cached[block.block_id] = None
+                else:
+                    self._free_uncached.append(block.block_id)
+
     def mark_computed(self, seq_id: object, num_computed_tokens: int) -> None:
         """Tells that the KV of the first ``num_computed_tokens`` tokens is written (e.g. after
         a prefill chunk), so their full blocks can serve other prompts."""

@@ -31,7 +31,8 @@ logger = logging.getLogger(__name__)
 @dataclass
 class StepLogits:
     sequences: list[Sequence]  # the sequences to sample for, in row order of `logits`
-    logits: torch.Tensor  # [len(sequences), vocab] float32
+    logits: torch.Tensor  # [sum(1 + len(draft) for draft in drafts), vocab] float32
+    drafts: list[list[int]]  # per sequence: the draft tokens it fed; its rows are 1 + len(draft) consecutive ones
 
 
 class ModelRunner:
@@ -78,22 +79,36 @@ class ModelRunner:
         sample_rows: list[int] = []
         sampled: list[Sequence] = []
         decodes, decode_slots = scheduled.decodes, scheduled.decode_slots
-        in_buffer = self.buffer.prepare(decodes, self._fill_row) if self.buffer is not None and decodes else None
+        drafts = scheduled.drafts or [[] for _ in decodes]
+        draft_slots = scheduled.draft_slots or [[] for _ in decodes]
+        extra = {seq.seq_id: len(draft) for seq, draft in zip(decodes, drafts) if draft}
+        in_buffer = self.buffer.prepare(decodes, self._fill_row, extra) if self.buffer is not None and decodes else None
+        if in_buffer is None and extra:
+            # drafts are checked only in the decode buffer (exactly as a plain step would compute);
+            # without room for their rows this step decodes plainly and the engine takes their slots back
+            drafts, draft_slots, extra = [[] for _ in decodes], [[] for _ in decodes], {}
+            in_buffer = self.buffer.prepare(decodes, self._fill_row) if self.buffer is not None else None
         if in_buffer is not None:  # decode rows follow the buffer's row order
-            slot_of = {seq.seq_id: slot for seq, slot in zip(decodes, decode_slots)}
-            decodes, decode_slots = in_buffer, [slot_of[seq.seq_id] for seq in in_buffer]
+            by_id = {seq.seq_id: row for seq, *row in zip(decodes, decode_slots, drafts, draft_slots)}
+            decodes = in_buffer
+            decode_slots, drafts, draft_slots = (list(column) for column in zip(*(by_id[seq.seq_id] for seq in decodes)))
         adapter_rows: dict[str, list[int]] = {}
-        for seq, slot in zip(decodes, decode_slots):
+        sampled_drafts: list[list[int]] = []
+        for seq, slot, draft, slots_of_draft in zip(decodes, decode_slots, drafts, draft_slots):
+            rows = 1 + len(draft)
             if seq.adapter is not None:
-                adapter_rows.setdefault(seq.adapter, []).append(len(tokens))
-            sample_rows.append(len(tokens))
+                adapter_rows.setdefault(seq.adapter, []).extend(range(len(tokens), len(tokens) + rows))
+            sample_rows.extend(range(len(tokens), len(tokens) + rows))
             sampled.append(seq)
+            sampled_drafts.append(draft)
             tokens.append(seq.output_token_ids[-1])
-            positions.append(seq.num_tokens - 1)
+            tokens.extend(draft)
+            positions.extend(range(seq.num_tokens - 1, seq.num_tokens + len(draft)))
             slots.append(slot)
-        decode = None  # rows [0, len(decodes)) of the packed batch
+            slots.extend(slots_of_draft)
+        decode = None  # rows [0, decode rows) of the packed batch
         if in_buffer is not None:
-            decode = self.buffer.rows(decodes)
+            decode = self.buffer.rows(decodes, extra)
         elif decodes:
             decode = self._decode_rows(decodes)
         prefills: list[PrefillChunk] = []
@@ -111,6 +126,7 @@ class ModelRunner:
             if item.completes:
                 sample_rows.append(row + item.length - 1)
                 sampled.append(item.seq)
+                sampled_drafts.append([])
         batch = PagedBatch(
             key_cache=self.cache.key,
             value_cache=self.cache.value,
@@ -130,7 +146,7 @@ class ModelRunner:
             with batch_context(batch), lora_context(lora):
                 output = self.model(input_ids=input_ids[None], position_ids=position_ids[None], use_cache=False, logits_to_keep=keep)
             logits = output.logits[0]
-        return StepLogits(sampled, logits[:len(sampled)].float())
+        return StepLogits(sampled, logits[:len(sample_rows)].float(), sampled_drafts)
 
     def _lora_batch(self, adapter_rows: dict[str, list[int]], total: int) -> LoraBatch | None:
         if not adapter_rows:
@@ -139,6 +155,20 @@ class ModelRunner:
             name: None if len(rows) == total else torch.tensor(rows, dtype=torch.long)
             for name, rows in adapter_rows.items()
         }, total, self.device)
+
+    @property
+    def verifies_exactly(self) -> bool:
+        """Draft tokens are checked with the very arithmetic a plain decode step would use (the
+        fused forward's native kernels: per-row sums in a fixed order), so speculation never
+        changes a token; elsewhere the engine does not speculate."""
+        return self.fused is not None and self.fused.kernels is not None and self.buffer is not None
+
+    def rewind(self, seq: Sequence) -> None:
+        """After a step with drafts: keep the keys and values of the sequence's computed tokens
+        only (the slots of rejected or unchecked drafts are taken back)."""
+        self.allocator.truncate(seq.seq_id, seq.num_computed_tokens)
+        if self.buffer is not None:
+            self.buffer.rewind(seq.seq_id, seq.num_computed_tokens)
 
     def between_requests(self) -> None:
         """Nothing is running: the decode buffer holds no rows (its storage stays, like the

@@ -46,12 +46,15 @@ class ScheduledPrefill:
 class SchedulerOutput:
     decodes: list[Sequence] = field(default_factory=list)
     decode_slots: list[int] = field(default_factory=list)
+    # per decode: draft tokens fed after its newest token, to be verified (speculative decoding), and their slots
+    drafts: list[list[int]] = field(default_factory=list)
+    draft_slots: list[list[int]] = field(default_factory=list)
     prefills: list[ScheduledPrefill] = field(default_factory=list)
     preempted: list[Sequence] = field(default_factory=list)
 
     @property
     def num_tokens(self) -> int:
-        return len(self.decodes) + sum(p.length for p in self.prefills)
+        return len(self.decodes) + sum(map(len, self.drafts)) + sum(p.length for p in self.prefills)
 
     @property
     def empty(self) -> bool:
@@ -61,11 +64,17 @@ class SchedulerOutput:
 class Scheduler:
     def __init__(self, allocator: BlockAllocator, max_num_seqs: int, max_batched_tokens: int,
                  cache_namespace: Callable[[Sequence], str | None] = lambda seq: None,
-                 ready: Callable[[Sequence], bool] = lambda seq: True, background_rows: int | None = None) -> None:
+                 ready: Callable[[Sequence], bool] = lambda seq: True, background_rows: int | None = None,
+                 drafts: Callable[[Sequence], list[int]] | None = None, speculate_below: int = 0) -> None:
         """`cache_namespace` keeps prefix-cache hits among requests whose keys and values agree (one per
         adapter); `ready` says whether a waiting request's adapter is in memory (else it waits);
-        `background_rows` caps lower-priority sequences in a step while interactive ones are present (None: no cap)."""
+        `background_rows` caps lower-priority sequences in a step while interactive ones are present (None: no cap);
+        `drafts` proposes draft tokens for a decoding sequence, asked only while fewer than `speculate_below`
+        sequences decode (a step of a few rows is bound by reading the weights: verifying drafts there is
+        nearly free; a large batch is bound by arithmetic, and drafts would cost their full price)."""
         self.background_rows = background_rows
+        self.drafts = drafts
+        self.speculate_below = speculate_below
         self.allocator = allocator
         self.cache_namespace = cache_namespace
         self.ready = ready
@@ -96,18 +105,30 @@ class Scheduler:
         budget = self.max_batched_tokens
         self._yield_to_urgent_waiting(out)
         background = self._background_allowance()
-        for seq in list(self.running):
-            if seq.status is not Status.RUNNING or seq.in_prefill:
-                continue
+        decoding = [seq for seq in self.running if seq.status is Status.RUNNING and not seq.in_prefill]
+        speculate = self.drafts is not None and len(decoding) < self.speculate_below
+        for seq in decoding:
+            if seq.status is not Status.RUNNING:
+                continue  # preempted to make room for an earlier one
             if budget <= 0:
                 break
             if not background(seq):
                 continue  # paused beside interactive work, its cache kept
             if not self._make_room_to_append(seq, out):
                 continue  # seq itself was preempted
+            draft = self.drafts(seq)[:budget - 1] if speculate else []
+            if draft and not self.allocator.can_append_tokens(seq.seq_id, 1 + len(draft)):
+                draft = []  # no room to check them: decode as usual
             out.decodes.append(seq)
-            out.decode_slots.append(self.allocator.append_slot(seq.seq_id, seq.output_token_ids[-1]))
-            budget -= 1
+            if draft:
+                slots = self.allocator.append_draft_slots(seq.seq_id, [seq.output_token_ids[-1], *draft])
+                out.decode_slots.append(slots[0])
+                out.draft_slots.append(slots[1:])
+            else:
+                out.decode_slots.append(self.allocator.append_slot(seq.seq_id, seq.output_token_ids[-1]))
+                out.draft_slots.append([])
+            out.drafts.append(draft)
+            budget -= 1 + len(draft)
         for seq in self.running:
             if budget <= 0:
                 break

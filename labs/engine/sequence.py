@@ -74,6 +74,7 @@ class Sequence:
     last_token_time: float | None = None
     finish_reason: str | None = None
     preemptions: int = 0
+    drafter: Any = None  # labs.engine.ngram.NgramDrafter, made when the sequence is first asked for drafts
 
     @property
     def all_token_ids(self) -> list[int]:

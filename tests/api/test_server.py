@@ -103,6 +103,9 @@ def test_metrics_parse_and_move(tiny_server: LiveServer) -> None:
         _value(before.get("labs_embedding_inputs", []), "labs_embedding_inputs_total") + 2
     for gauge in ("labs_requests_waiting", "labs_requests_running", "labs_kv_cache_usage_ratio"):
         assert [s for s in after[gauge] if s.labels.get("model") == model], gauge
+    # speculative decoding's counters are there (the tiny fp32 model never speculates: no native kernels)
+    assert _value(after["labs_engine_draft_tokens"], "labs_engine_draft_tokens_total", model=model) == 0
+    assert _value(after["labs_engine_accepted_draft_tokens"], "labs_engine_accepted_draft_tokens_total", model=model) == 0
 
 
 def test_health_and_ready(tiny_server: LiveServer) -> None:

@@ -327,6 +327,29 @@ def test_decode_attention_gives_a_sequence_the_same_bits_in_any_batch(kernels: M
                 assert torch.equal(out[place], alone[0]), (length, rows, place)
 
 
+def test_query_rows_on_one_buffer_row_see_their_own_lengths(kernels: ModuleType) -> None:
+    """Speculative decoding: a sequence checking drafts has several query rows on its buffer row,
+    each attending to one more position, with the same bits as a plain step of that length."""
+    generator = torch.Generator().manual_seed(4)
+    keys, values = decode_buffers(2, 3, 16, 12, generator)
+    q = torch.randn(4, 9, 16, generator=generator)
+    key, value = torch.randn(4, 3, 16, generator=generator), torch.randn(4, 3, 16, generator=generator)
+    lengths, rows = torch.tensor([5, 6, 7, 3]), torch.tensor([0, 0, 0, 1])
+    mapped_keys, mapped_values = keys.clone(), values.clone()
+    kernels.store_decode_rows(key, value, mapped_keys, mapped_values, lengths, rows)
+    out = kernels.decode_attention(q, mapped_keys, mapped_values, lengths, 0.25, rows)
+    for i in range(4):  # one plain row at a time, on a buffer holding what the earlier rows wrote
+        row = int(rows[i])
+        single_keys, single_values = mapped_keys[row:row + 1].clone(), mapped_values[row:row + 1].clone()
+        assert torch.equal(single_keys[0, :, :, lengths[i] - 1], key[i])
+        alone = kernels.decode_attention(q[i:i + 1], single_keys, single_values, lengths[i:i + 1], 0.25)
+        assert torch.equal(out[i], alone[0])
+    with pytest.raises(RuntimeError, match="buffer row 2 outside the buffer's 2 rows"):
+        kernels.decode_attention(q, mapped_keys, mapped_values, lengths, 0.25, torch.tensor([0, 0, 2, 1]))
+    with pytest.raises(RuntimeError, match="buffer_rows must be contiguous int64 with one entry per decoding row"):
+        kernels.store_decode_rows(key, value, mapped_keys, mapped_values, lengths, rows[:3])
+
+
 def test_decode_attention_refuses_what_does_not_fit(kernels: ModuleType) -> None:
     generator = torch.Generator().manual_seed(1)
     keys, values = decode_buffers(2, 3, 16, 8, generator)
@@ -335,7 +358,7 @@ def test_decode_attention_refuses_what_does_not_fit(kernels: ModuleType) -> None
         kernels.decode_attention(q, keys, values, torch.tensor([9, 1]), 1.0)
     with pytest.raises(RuntimeError, match=r"the query heads \(8\) must be a multiple of the kv heads \(3\)"):
         kernels.decode_attention(q[:, :8], keys, values, torch.tensor([2, 1]), 1.0)
-    with pytest.raises(RuntimeError, match="more decoding rows than queries or buffer rows"):
+    with pytest.raises(RuntimeError, match="more decoding rows than queries"):
         kernels.decode_attention(q, keys, values, torch.tensor([1, 1, 1]), 1.0)
     poisoned = values.clone()
     poisoned[1, 0, 3, 0] = float("nan")

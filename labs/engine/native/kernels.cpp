@@ -329,7 +329,22 @@ void store_pages(const Tensor& key, const Tensor& value, Tensor& key_cache, Tens
 // The decoding rows' new keys and values into the dense decode buffer: row i's token goes to
 // position lengths[i] - 1 of keys [rows, kv_heads, D, capacity] (transposed) and values
 // [rows, kv_heads, capacity, D]; key/value rows [0, count) are the decoding rows.
-void store_decode_rows(const Tensor& key, const Tensor& value, Tensor& keys, Tensor& values, const Tensor& lengths) {
+// Which buffer row each query row reads: `buffer_rows[i]`, or row i itself. A sequence verifying
+// draft tokens has several query rows on one buffer row, each with its own length.
+static const int64_t* buffer_rows_of(const std::optional<Tensor>& buffer_rows, int64_t count, int64_t available) {
+  if (!buffer_rows.has_value()) {
+    TORCH_CHECK(count <= available, "more decoding rows than buffer rows");
+    return nullptr;
+  }
+  TORCH_CHECK(buffer_rows->scalar_type() == torch::kInt64 && buffer_rows->is_contiguous() && buffer_rows->numel() == count,
+              "buffer_rows must be contiguous int64 with one entry per decoding row");
+  const int64_t* rows = buffer_rows->data_ptr<int64_t>();
+  for (int64_t i = 0; i < count; i++) TORCH_CHECK(rows[i] >= 0 && rows[i] < available, "buffer row ", rows[i], " outside the buffer's ", available, " rows");
+  return rows;
+}
+
+void store_decode_rows(const Tensor& key, const Tensor& value, Tensor& keys, Tensor& values, const Tensor& lengths,
+                       const std::optional<Tensor>& buffer_rows) {
   check_step_keys_values(key, value);
   TORCH_CHECK(keys.scalar_type() == torch::kFloat32 && keys.dim() == 4 && keys.is_contiguous() && values.scalar_type() == torch::kFloat32 &&
               values.dim() == 4 && values.is_contiguous(), "keys and values must be contiguous float32 4-D buffers");
@@ -337,7 +352,8 @@ void store_decode_rows(const Tensor& key, const Tensor& value, Tensor& keys, Ten
   TORCH_CHECK(keys.size(1) == heads && keys.size(2) == dims && values.size(1) == heads && values.size(2) == capacity && values.size(3) == dims &&
               values.size(0) == keys.size(0), "keys must be [rows, kv_heads, head_dim, capacity] and values [rows, kv_heads, capacity, head_dim]");
   TORCH_CHECK(lengths.scalar_type() == torch::kInt64 && lengths.is_contiguous(), "lengths must be contiguous int64");
-  TORCH_CHECK(count <= key.size(0) && count <= keys.size(0), "more decoding rows than tokens or buffer rows");
+  TORCH_CHECK(count <= key.size(0), "more decoding rows than tokens");
+  const int64_t* rows = buffer_rows_of(buffer_rows, count, keys.size(0));
   const int64_t* lp = lengths.data_ptr<int64_t>();
   for (int64_t i = 0; i < count; i++) TORCH_CHECK(lp[i] >= 1 && lp[i] <= capacity, "length ", lp[i], " does not fit the buffer's ", capacity, " positions");
   const float* kp = key.data_ptr<float>();
@@ -345,12 +361,12 @@ void store_decode_rows(const Tensor& key, const Tensor& value, Tensor& keys, Ten
   float* kb = keys.data_ptr<float>();
   float* vb = values.data_ptr<float>();
   for (int64_t i = 0; i < count; i++) {
-    const int64_t position = lp[i] - 1;
+    const int64_t position = lp[i] - 1, row = rows == nullptr ? i : rows[i];
     for (int64_t h = 0; h < heads; h++) {
       const float* k = kp + i * key.stride(0) + h * key.stride(1);
-      float* column = kb + ((i * heads + h) * dims) * capacity + position;
+      float* column = kb + ((row * heads + h) * dims) * capacity + position;
       for (int64_t d = 0; d < dims; d++) column[d * capacity] = k[d];
-      std::memcpy(vb + ((i * heads + h) * capacity + position) * dims, vp + i * value.stride(0) + h * value.stride(1), dims * sizeof(float));
+      std::memcpy(vb + ((row * heads + h) * capacity + position) * dims, vp + i * value.stride(0) + h * value.stride(1), dims * sizeof(float));
     }
   }
 }
@@ -535,7 +551,8 @@ Tensor lora_update(const Tensor& x, const Tensor& x_scale, const Tensor& adapter
 // scores, over positions for the output), so a sequence gets the same bits alone and in any
 // batch: torch.bmm picks its blocking by the batch's shape, and its last-bit differences made
 // greedy int8 answers part between a request alone and the same request batched.
-Tensor decode_attention(const Tensor& q, const Tensor& keys, const Tensor& values, const Tensor& lengths, double scale) {
+Tensor decode_attention(const Tensor& q, const Tensor& keys, const Tensor& values, const Tensor& lengths, double scale,
+                        const std::optional<Tensor>& buffer_rows) {
   TORCH_CHECK(q.scalar_type() == torch::kFloat32 && q.dim() == 3 && q.stride(2) == 1, "q must be float32 [tokens, heads, head_dim] with contiguous rows");
   TORCH_CHECK(keys.scalar_type() == torch::kFloat32 && keys.dim() == 4 && keys.is_contiguous() && values.scalar_type() == torch::kFloat32 &&
               values.dim() == 4 && values.is_contiguous(), "keys and values must be contiguous float32 4-D buffers");
@@ -545,7 +562,8 @@ Tensor decode_attention(const Tensor& q, const Tensor& keys, const Tensor& value
               "keys must be [rows, kv_heads, head_dim, capacity] and values [rows, kv_heads, capacity, value_dim]");
   TORCH_CHECK(kv_heads > 0 && heads % kv_heads == 0, "the query heads (", heads, ") must be a multiple of the kv heads (", kv_heads, ")");
   TORCH_CHECK(lengths.scalar_type() == torch::kInt64 && lengths.is_contiguous(), "lengths must be contiguous int64");
-  TORCH_CHECK(count <= q.size(0) && count <= keys.size(0), "more decoding rows than queries or buffer rows");
+  TORCH_CHECK(count <= q.size(0), "more decoding rows than queries");
+  const int64_t* rows = buffer_rows_of(buffer_rows, count, keys.size(0));
   const int64_t* lp = lengths.data_ptr<int64_t>();
   for (int64_t i = 0; i < count; i++) TORCH_CHECK(lp[i] >= 1 && lp[i] <= capacity, "length ", lp[i], " does not fit the buffer's ", capacity, " positions");
   const int64_t group = heads / kv_heads;
@@ -558,10 +576,10 @@ Tensor decode_attention(const Tensor& q, const Tensor& keys, const Tensor& value
   at::parallel_for(0, count * kv_heads, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores, qd(group);  // qd: the group's query values (or weights) at one d (or l)
     for (int64_t task = begin; task < end; task++) {
-      const int64_t i = task / kv_heads, h = task % kv_heads, length = lp[i];
+      const int64_t i = task / kv_heads, h = task % kv_heads, length = lp[i], row = rows == nullptr ? i : rows[i];
       scores.assign(group * length, 0.f);
-      const float* key_rows = kb + (i * kv_heads + h) * dims * capacity;
-      const float* value_rows = vb + (i * kv_heads + h) * capacity * value_dims;
+      const float* key_rows = kb + (row * kv_heads + h) * dims * capacity;
+      const float* value_rows = vb + (row * kv_heads + h) * capacity * value_dims;
       const float* qh = qp + i * q.stride(0) + h * group * q.stride(1);
       // scores: each key row (one dimension, every position) read once, in order of D
       float* s = scores.data();
@@ -694,7 +712,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("residual_add", &residual_add, "hidden += products", without_gil);
   m.def("silu_mul_quantize", &silu_mul_quantize, "SiLU(gate) * up quantized per row", without_gil);
   m.def("store_pages", &store_pages, "the step's keys and values into the paged cache", without_gil);
-  m.def("store_decode_rows", &store_decode_rows, "the decoding rows' keys and values into the decode buffer", without_gil);
+  m.def("store_decode_rows", &store_decode_rows, "the decoding rows' keys and values into the decode buffer", py::arg("key"), py::arg("value"),
+        py::arg("keys"), py::arg("values"), py::arg("lengths"), py::arg("buffer_rows") = py::none(), without_gil);
   m.def("lora_update", &lora_update, "LoRA updates of the rows with an adapter, from int8 activations", without_gil);
   m.def("int8_matmul_few_rows", &int8_matmul_few_rows, "exact int32 x @ w.T for a few rows, bound by reading w", without_gil);
 #ifdef LABS_VNNI_512
@@ -702,5 +721,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #else
   m.attr("few_rows_fast") = false;  // the portable loop: correct, but oneDNN's is faster
 #endif
-  m.def("decode_attention", &decode_attention, "decode attention over the dense decode buffer, batch-invariant", without_gil);
+  m.def("decode_attention", &decode_attention, "decode attention over the dense decode buffer, batch-invariant", py::arg("q"), py::arg("keys"),
+        py::arg("values"), py::arg("lengths"), py::arg("scale"), py::arg("buffer_rows") = py::none(), without_gil);
 }
