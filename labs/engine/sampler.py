@@ -469,7 +469,9 @@ def _with_logprobs(
     """Chosen-token logprob and top-k alternatives from the processed logits (see module doc)."""
     w = _index(wants, work.device)
     x = _take(work, wants)
-    lse = torch.logsumexp(x, -1)
+    # one row at a time: a batched logsumexp may split its sums differently by the number of rows,
+    # and a request's logprobs must not depend on what else (or how many draft rows) ran beside it
+    lse = torch.stack([torch.logsumexp(row, -1) for row in x]) if len(x) > 1 else torch.logsumexp(x, -1)
     chosen = x.gather(1, tokens[w][:, None]).squeeze(1) - lse
     kmax = max(rows[i].params.logprobs or 0 for i in wants)
     floats = [chosen]

@@ -152,8 +152,8 @@ def test_engine_gives_generate_tokens_while_the_buffer_fills_overflows_and_refil
     outcomes: list[bool] = []
     prepare = core.runner.buffer.prepare
 
-    def recording(seqs, fill):  # noqa: ANN001, ANN202
-        ordered = prepare(seqs, fill)
+    def recording(seqs, fill, drafts=None):  # noqa: ANN001, ANN202
+        ordered = prepare(seqs, fill, drafts)
         outcomes.append(ordered is not None)
         return ordered
 

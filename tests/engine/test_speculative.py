@@ -132,11 +132,9 @@ def test_drafts_change_no_token_and_no_logprob_only_the_number_of_steps(smol_int
     want, got = generate(plain, prompts, params, together), generate(fast, prompts, params, together)
     for i in range(len(prompts)):
         assert got.tokens(f"r{i}") == want.tokens(f"r{i}"), f"request {i}"
-        # the logits are the same bits; the sampler's logsumexp over a step's rows may split one
-        # row's sum over threads when it is alone (the last bit, as for any request alone vs batched)
-        torch.testing.assert_close(torch.tensor([lp for o in got.outputs[f"r{i}"] for lp in o.logprobs]),
-                                   torch.tensor([lp for o in want.outputs[f"r{i}"] for lp in o.logprobs]), rtol=0, atol=1e-5)
-        assert [[t for t, _ in o.top_logprobs[0]] for o in got.outputs[f"r{i}"]] == [[t for t, _ in o.top_logprobs[0]] for o in want.outputs[f"r{i}"]]
+        # the same bits, not merely the same argmax
+        assert [o.logprobs for o in got.outputs[f"r{i}"]] == [o.logprobs for o in want.outputs[f"r{i}"]]
+        assert [o.top_logprobs for o in got.outputs[f"r{i}"]] == [o.top_logprobs for o in want.outputs[f"r{i}"]]
         assert got.text(f"r{i}") == want.text(f"r{i}")
         assert got.final(f"r{i}").completion_tokens == 40
     assert fast.stats.draft_tokens_total > fast.stats.accepted_draft_tokens_total > 0  # some rejected, some kept
