@@ -5,7 +5,7 @@ guessed tokens in the same forward costs little more than one token, and answers
 their context (quoting retrieved sources, editing code, summaries, lists). The guess for what
 follows is what followed the longest recent n-gram (n from `max_n` down to `min_n`) that ends
 the text so far, found earlier in the prompt or the output. The engine then keeps exactly the
-tokens the model itself would have chosen (see EngineCore._accept_verified).
+tokens the model itself would have chosen (EngineCore._sample_and_deliver).
 """
 
 from __future__ import annotations
