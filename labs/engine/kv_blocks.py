@@ -212,13 +212,7 @@ class BlockAllocator:
         if state.num_tokens % self.block_size == 0 and self.num_free_blocks == 0:
             raise OutOfBlocksError(f"no free block to extend sequence {seq_id!r}")
         self._publish_full_blocks(state, state.num_tokens)
-        if state.num_tokens % self.block_size == 0:
-            state.table.append(self._take_free_block())
-        position = state.num_tokens
-        state.num_tokens += 1
-        if self.enable_prefix_caching:
-            state.tail.append(int(token_id))
-        return state.table[-1] * self.block_size + position % self.block_size
+        return self._append(state, token_id)
 
     def can_append_tokens(self, seq_id: object, count: int) -> bool:
         """True if `count` more tokens fit (room in the last block plus free blocks)."""
@@ -234,16 +228,7 @@ class BlockAllocator:
         if not self.can_append_tokens(seq_id, len(token_ids)):
             raise OutOfBlocksError(f"no free blocks to extend sequence {seq_id!r} by {len(token_ids)} tokens")
         self._publish_full_blocks(state, state.num_tokens)
-        slots = []
-        for token_id in token_ids:
-            if state.num_tokens % self.block_size == 0:
-                state.table.append(self._take_free_block())
-            position = state.num_tokens
-            state.num_tokens += 1
-            if self.enable_prefix_caching:
-                state.tail.append(int(token_id))
-            slots.append(state.table[-1] * self.block_size + position % self.block_size)
-        return slots
+        return [self._append(state, token_id) for token_id in token_ids]
 
     def truncate(self, seq_id: object, num_tokens: int) -> None:
         """Drop the sequence's tokens from `num_tokens` on (rejected drafts), freeing blocks left empty."""
@@ -255,13 +240,7 @@ class BlockAllocator:
             del state.tail[num_tokens - hashed:]
         state.num_tokens = num_tokens
         while len(state.table) > self._blocks_for(num_tokens):
-            block = self._blocks[state.table.pop()]
-            block.ref_count -= 1
-            if block.ref_count == 0:
-                if block.hash is not None:
-                    self._free_cached[block.block_id] = None
-                else:
-                    self._free_uncached.append(block.block_id)
+            self._release(state.table.pop())
 
     def mark_computed(self, seq_id: object, num_computed_tokens: int) -> None:
         """Tells that the KV of the first ``num_computed_tokens`` tokens is written (e.g. after
@@ -310,13 +289,7 @@ class BlockAllocator:
             raise KeyError(f"unknown sequence {seq_id!r}")
         # Last blocks first: the LRU then evicts a prefix's tail before its head.
         for bid in reversed(state.table):
-            block = self._blocks[bid]
-            block.ref_count -= 1
-            if block.ref_count == 0:
-                if block.hash is not None:
-                    self._free_cached[bid] = None
-                else:
-                    self._free_uncached.append(bid)
+            self._release(bid)
 
     def reset_prefix_cache(self) -> None:
         """Forgets every published block (e.g. after the weights changed)."""
@@ -361,6 +334,26 @@ class BlockAllocator:
         if state is None:
             raise KeyError(f"unknown sequence {seq_id!r}")
         return state
+
+    def _append(self, state: _SeqState, token_id: int) -> int:
+        """One token after the sequence's last (a new block when the last is full); its slot."""
+        if state.num_tokens % self.block_size == 0:
+            state.table.append(self._take_free_block())
+        position = state.num_tokens
+        state.num_tokens += 1
+        if self.enable_prefix_caching:
+            state.tail.append(int(token_id))
+        return state.table[-1] * self.block_size + position % self.block_size
+
+    def _release(self, bid: int) -> None:
+        """One reference to a block less; unreferenced, it is free (and stays hit-able if published)."""
+        block = self._blocks[bid]
+        block.ref_count -= 1
+        if block.ref_count == 0:
+            if block.hash is not None:
+                self._free_cached[bid] = None
+            else:
+                self._free_uncached.append(bid)
 
     def _blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
