@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from labs.engine.attention import PagedBatch, paged_attention
+from labs.engine.kv_cache import available_ram
 from labs.engine.lora import LoraBatch, LoraSlot
 from labs.models.int8 import Int8Linear, int8_matmul
 
@@ -42,7 +43,8 @@ class FusedLinear:
         if any(isinstance(layer, Int8Linear) != self.int8 for layer in layers):
             raise ValueError("cannot fuse int8 and floating-point linear layers")
         self.sizes = [layer.out_features for layer in layers]
-        self.rowsum: torch.Tensor | None = None  # int8: each weight row's sum, for the few-rows kernel
+        self.rowsum: torch.Tensor | None = None  # int8: each weight row's sum, for the few-rows kernels
+        self.packed: torch.Tensor | None = None  # int8: the weight in int8_matmul_packed's layout, when packed
         if self.int8:
             self.weight = _fuse_and_share(layers, "qweight")
             self.weight_scale = _fuse_and_share(layers, "weight_scale")
@@ -83,15 +85,24 @@ def _fuse_and_share(layers: list[nn.Module], attribute: str) -> torch.Tensor:
     return fused
 
 
-# Up to this many rows, the native kernel multiplies by the int8 weights (bound by reading them);
-# beyond, oneDNN's blocked matmul (bound by arithmetic) is faster. Measured in docs/benchmarks.md.
+# Up to this many rows, the native kernels multiply by the int8 weights faster than oneDNN's
+# matmul: from the packed copy up to PACKED_ROWS (level at 64 rows, 1.3x slower at 128), else
+# from the row-major weight up to FEW_ROWS (bound by reading it). Measured in docs/benchmarks.md.
+PACKED_ROWS = 64
 FEW_ROWS = 8
+# The packed copy is a second copy of the int8 weights: made only while it takes at most this
+# share of the memory available when the kernels arrive (a small model, where the step is
+# bound by streaming its weights; a large one keeps its memory).
+PACKED_SHARE_OF_RAM = 0.25
 
 
 def int8_products(kernels: ModuleType, x: torch.Tensor, fused: FusedLinear) -> torch.Tensor:
-    """The exact int32 products of int8 activations and a fused int8 weight, by the faster of two
-    interchangeable paths (both are exact integer sums, so the choice never changes a bit)."""
-    if x.shape[0] <= FEW_ROWS and kernels.few_rows_fast:
+    """The exact int32 products of int8 activations and a fused int8 weight, by the fastest of
+    three interchangeable paths (all are exact integer sums, so the choice never changes a bit)."""
+    rows = x.shape[0]
+    if fused.packed is not None and rows <= PACKED_ROWS:
+        return kernels.int8_matmul_packed(x, fused.packed, fused.rowsum, fused.weight.shape[0])
+    if rows <= FEW_ROWS and kernels.few_rows_fast:
         return kernels.int8_matmul_few_rows(x, fused.weight, fused.rowsum)
     return torch._int_mm(x, fused.weight.t())
 
@@ -193,6 +204,26 @@ class FusedLlamaForward:
         self.kernels_apply = (self.head.int8 and all(layer.qkv.int8 for layer in self.layers) and self.embed.weight.dtype == torch.float32
                               and self.embed.weight.device.type == "cpu")
         logger.info("fused forward for %s (%d layers%s)", config.model_type, len(self.layers), ", int8" if self.head.int8 else "")
+
+    def linears(self) -> list[FusedLinear]:
+        return [self.head] + [fused for layer in self.layers for fused in (layer.qkv, layer.o, layer.gate_up, layer.down)]
+
+    def use_kernels(self, kernels: ModuleType) -> None:
+        """Run the native kernels from now on; where they multiply packed weights faster (AVX512
+        VNNI), pack a copy of the int8 weights first, if it fits PACKED_SHARE_OF_RAM."""
+        if kernels.packed_fast and self.head.int8:
+            linears = self.linears()
+            size = sum(fused.weight.numel() for fused in linears)
+            available = available_ram()
+            if size <= PACKED_SHARE_OF_RAM * available:
+                for fused in linears:
+                    fused.packed = kernels.pack_int8_weight(fused.weight)
+                logger.info("int8 weights packed for the decode kernels (%.0f MiB)", size / 2**20)
+            else:
+                logger.info("int8 weights not packed: a second copy (%.0f MiB) would take more than %d%% of the available memory "
+                            "(%.0f MiB); decode steps multiply the row-major weights", size / 2**20, PACKED_SHARE_OF_RAM * 100,
+                            available / 2**20)
+        self.kernels = kernels
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """RMSNorm as the HF code computes it: in fp32, then back to the model's dtype (free for

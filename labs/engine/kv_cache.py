@@ -213,12 +213,12 @@ def budget_bytes(setting: str | int | float, device: torch.device) -> int:
         if device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(device)
         else:
-            free = _available_ram()
+            free = available_ram()
         return int(free * setting)
     return int(setting)
 
 
-def _available_ram() -> int:
+def available_ram() -> int:
     try:
         with open("/proc/meminfo") as handle:
             for line in handle:

@@ -61,7 +61,8 @@ class ModelRunner:
         self.native: NativeKernels | None = None
         if self.fused is not None and self.fused.kernels_apply:
             self.native = NativeKernels(native_kernels, native_cache_dir)
-            self.fused.kernels = self.native.module
+            if self.native.module is not None:
+                self.fused.use_kernels(self.native.module)
         self.adapters: AdapterSet | None = None
 
     def serve_adapters(self, adapters: AdapterSet) -> None:
@@ -177,7 +178,7 @@ class ModelRunner:
         if self.buffer is not None:
             self.buffer.clear()
         if self.native is not None and self.fused.kernels is None and self.native.poll() is not None:
-            self.fused.kernels = self.native.module
+            self.fused.use_kernels(self.native.module)
             logger.info("the fused forward now runs the native kernels")
 
     def _fill_row(self, seq: Sequence, row: int, tokens: int) -> None:

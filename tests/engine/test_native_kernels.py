@@ -224,6 +224,41 @@ def test_int8_matmul_few_rows_refuses_what_does_not_fit(kernels: ModuleType) -> 
         kernels.int8_matmul_few_rows(x, weight, rowsum[:4])
 
 
+@pytest.mark.parametrize("rows", [1, 3, 4, 5, 8, 9, 17, 64])
+@pytest.mark.parametrize("out_features,in_features", [(960, 576), (7, 100), (13, 63), (65, 1536), (200, 5)])
+def test_int8_matmul_packed_is_exactly_int_mm(kernels: ModuleType, rows: int, out_features: int, in_features: int) -> None:
+    if not kernels.packed_fast:
+        pytest.skip("no AVX512-VNNI here: the packed kernel is not built in")
+    generator = torch.Generator().manual_seed(rows * 1000 + out_features)
+    x = torch.randint(-127, 128, (rows, in_features), dtype=torch.int8, generator=generator)
+    x[0, :3] = torch.tensor([127, -127, 127], dtype=torch.int8)[:in_features]
+    weight = torch.randint(-128, 128, (out_features, in_features), dtype=torch.int8, generator=generator)
+    weight[0] = -128
+    packed = kernels.pack_int8_weight(weight)
+    assert packed.shape == (-(-out_features // 64) * 4, -(-in_features // 4), 16, 4)
+    got = kernels.int8_matmul_packed(x, packed, weight.sum(dim=1, dtype=torch.int32), out_features)
+    padded = torch.cat([x, x.new_zeros(max(0, 17 - rows), in_features)])  # _int_mm wants more than 16 rows on some builds
+    assert got.dtype == torch.int32 and got.is_contiguous() and torch.equal(got, torch._int_mm(padded, weight.t())[:rows])
+
+
+def test_int8_matmul_packed_refuses_what_does_not_fit(kernels: ModuleType) -> None:
+    if not kernels.packed_fast:
+        pytest.skip("no AVX512-VNNI here: the packed kernel is not built in")
+    x, weight = torch.zeros(2, 64, dtype=torch.int8), torch.zeros(8, 64, dtype=torch.int8)
+    packed, rowsum = kernels.pack_int8_weight(weight), weight.sum(dim=1, dtype=torch.int32)
+    with pytest.raises(RuntimeError, match="w must be a contiguous int8 \\[N, K\\] CPU tensor"):
+        kernels.pack_int8_weight(weight.float())
+    with pytest.raises(RuntimeError, match="packed must be a weight packed by pack_int8_weight"):
+        kernels.int8_matmul_packed(x, weight, rowsum, 8)
+    with pytest.raises(RuntimeError, match="packed holds rows of 64 values \\(padded\\), x has 32"):
+        kernels.int8_matmul_packed(x[:, :32].contiguous(), packed, rowsum, 8)
+    with pytest.raises(RuntimeError, match="n = 65 does not match the packed weight's 64 columns"):
+        kernels.int8_matmul_packed(x, packed, rowsum, 65)
+    with pytest.raises(RuntimeError, match="rowsum must be int32 with one value per column"):
+        kernels.int8_matmul_packed(x, packed, rowsum[:4], 8)
+    assert torch.equal(kernels.int8_matmul_packed(x, packed, rowsum, 8), torch.zeros(2, 8, dtype=torch.int32))
+
+
 def test_the_kernels_split_work_over_torchs_threads(kernels: ModuleType) -> None:
     """Built with OpenMP, at::parallel_for uses torch's thread team (without it, every kernel ran on one thread)."""
     if torch.get_num_threads() < 2:
@@ -393,6 +428,29 @@ def test_native_and_pytorch_int8_forwards_agree(architecture: str, tiny_model_di
     for (tokens, logprobs), (tokens_ref, logprobs_ref) in zip(native, pytorch):
         assert tokens == tokens_ref
         torch.testing.assert_close(torch.tensor(logprobs), torch.tensor(logprobs_ref), rtol=0, atol=2e-3)
+
+
+def test_packed_weights_give_the_same_bits_and_are_skipped_when_memory_is_short(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """Decode steps multiply a packed copy of the int8 weights where the CPU has VNNI: the same
+    exact integer sums as oneDNN's and the row-major kernel's, so tokens and logprobs keep every
+    bit; without the memory for a second copy the weights stay as they are, and the log says why."""
+    import labs.engine.fused_llama as fused_llama
+
+    model, tokenizer = load_fp32(tiny_model_dir)
+    quantize_linears_int8(model)
+    probe = tiny_core((model, tokenizer), native_kernels="on")
+    if not probe.runner.fused.kernels.packed_fast:
+        pytest.skip("no AVX512-VNNI here: weights are never packed")
+    assert all(fused.packed is not None for fused in probe.runner.fused.linears())
+    prompts = prompts_of_lengths([6, 40, 19, 3], seed=11)
+    packed = greedy_with_logprobs((model, tokenizer), "on", prompts)
+    monkeypatch.setattr(fused_llama, "PACKED_SHARE_OF_RAM", 0.0)
+    with caplog.at_level("INFO", logger="labs.engine.fused_llama"):
+        core = tiny_core((model, tokenizer), native_kernels="on")
+    assert all(fused.packed is None for fused in core.runner.fused.linears())
+    assert "int8 weights not packed: a second copy" in caplog.text
+    assert greedy_with_logprobs((model, tokenizer), "on", prompts) == packed
 
 
 def test_the_default_model_in_int8_gives_the_same_tokens_alone_and_batched(default_model_dir: Path) -> None:

@@ -701,6 +701,133 @@ Tensor int8_matmul_few_rows(const Tensor& x, const Tensor& w, const Tensor& rows
   return out;
 }
 
+// The int8 weight [N, K] in the layout vpdpbusd reads without reductions: [N / 16, K / 4, 16, 4]
+// (blocks of 16 output columns; in each, the 16 columns' next 4 values are 64 consecutive
+// bytes), N padded to a multiple of 64 and K to a multiple of 4 with zeros.
+constexpr int64_t kPackColumns = 64;  // N is padded to this (a column group is 2 or 4 blocks of 16)
+
+Tensor pack_int8_weight(const Tensor& w) {
+  TORCH_CHECK(w.device().is_cpu() && w.scalar_type() == torch::kInt8 && w.dim() == 2 && w.is_contiguous(),
+              "w must be a contiguous int8 [N, K] CPU tensor, got ", w.scalar_type(), " ", w.sizes());
+  const int64_t N = w.size(0), K = w.size(1);
+  const int64_t blocks = (N + kPackColumns - 1) / kPackColumns * (kPackColumns / 16), steps = (K + 3) / 4;
+  Tensor packed = torch::zeros({blocks, steps, 16, 4}, w.options());
+  const int8_t* wp = w.data_ptr<int8_t>();
+  int8_t* pp = packed.data_ptr<int8_t>();
+  at::parallel_for(0, N, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; n++) {
+      int8_t* column = pp + (n / 16) * steps * 64 + (n % 16) * 4;
+      const int8_t* row = wp + n * K;
+      for (int64_t k = 0; k < K; k++) column[(k / 4) * 64 + k % 4] = row[k];
+    }
+  });
+  return packed;
+}
+
+namespace {
+
+#ifdef LABS_VNNI_512
+// MT activation rows (shifted to unsigned, rows `stride` bytes apart, zero-padded to 4 * steps)
+// times NT blocks of 16 packed columns: each step broadcasts 4 activation bytes and multiplies
+// them into 16 columns at once, so the sums need no horizontal reduction. 128 * rowsum(w) is
+// taken off again, so each result is the exact integer sum of x * w.
+template <int MT, int NT>
+inline void packed_tile(const uint8_t* xu, int64_t stride, const int8_t* w, int64_t steps, int32_t* out, int64_t N, int64_t n0,
+                        const int32_t* rowsum) {
+  __m512i acc[MT][NT];
+  for (int m = 0; m < MT; m++)
+    for (int j = 0; j < NT; j++) acc[m][j] = _mm512_setzero_si512();
+  for (int64_t k = 0; k < steps; k++) {
+    __m512i wv[NT];
+    for (int j = 0; j < NT; j++) wv[j] = _mm512_loadu_si512(w + (j * steps + k) * 64);
+    for (int m = 0; m < MT; m++) {
+      int32_t four;
+      std::memcpy(&four, xu + m * stride + k * 4, sizeof(four));
+      const __m512i xv = _mm512_set1_epi32(four);
+      for (int j = 0; j < NT; j++) acc[m][j] = _mm512_dpbusd_epi32(acc[m][j], xv, wv[j]);
+    }
+  }
+  for (int j = 0; j < NT; j++) {
+    const int64_t n = n0 + j * 16;
+    if (n >= N) break;
+    const __mmask16 mask = N - n >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (N - n)) - 1);
+    const __m512i correction = _mm512_slli_epi32(_mm512_maskz_loadu_epi32(mask, rowsum + n), 7);
+    for (int m = 0; m < MT; m++) _mm512_mask_storeu_epi32(out + m * N + n, mask, _mm512_sub_epi32(acc[m][j], correction));
+  }
+}
+
+// Rows [0, M) against one column group of NT blocks, in tiles of up to MT rows.
+template <int MT, int NT>
+void packed_rows(const uint8_t* xu, int64_t M, int64_t stride, const int8_t* w, int64_t steps, int32_t* out, int64_t N, int64_t n0,
+                 const int32_t* rowsum) {
+  int64_t m = 0;
+  for (; m + MT <= M; m += MT) packed_tile<MT, NT>(xu + m * stride, stride, w, steps, out + m * N, N, n0, rowsum);
+  const uint8_t* x = xu + m * stride;
+  int32_t* o = out + m * N;
+  switch (M - m) {
+    case 0: break;
+    case 1: packed_tile<1, NT>(x, stride, w, steps, o, N, n0, rowsum); break;
+    case 2: packed_tile<2, NT>(x, stride, w, steps, o, N, n0, rowsum); break;
+    case 3: packed_tile<3, NT>(x, stride, w, steps, o, N, n0, rowsum); break;
+    case 4: packed_tile<4, NT>(x, stride, w, steps, o, N, n0, rowsum); break;
+    case 5: packed_tile<5, NT>(x, stride, w, steps, o, N, n0, rowsum); break;
+    case 6: packed_tile<6, NT>(x, stride, w, steps, o, N, n0, rowsum); break;
+    default: packed_tile<7, NT>(x, stride, w, steps, o, N, n0, rowsum); break;
+  }
+}
+
+template <int MT, int NT>
+void packed_matmul(const uint8_t* xu, int64_t M, int64_t stride, const int8_t* w, int64_t blocks, int64_t steps, int32_t* out, int64_t N,
+                   const int32_t* rowsum) {
+  // a task is at least ~16 KB of weights: smaller ones cost more to hand out than to run
+  const int64_t grain = std::max<int64_t>(1, 16384 / (NT * steps * 64));
+  at::parallel_for(0, blocks / NT, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t group = begin; group < end; group++)
+      packed_rows<MT, NT>(xu, M, stride, w + group * NT * steps * 64, steps, out, N, group * NT * 16, rowsum);
+  });
+}
+#endif
+
+}  // namespace
+
+// x [M, K] int8 times a weight packed by pack_int8_weight: the exact int32 products [M, n], as
+// torch._int_mm(x, w.t()) gives them. Why: up to a few dozen rows (decode steps) the packed
+// layout streams the weights with no per-row reductions, 1.5x faster than reading them row by
+// row for one row, and faster than oneDNN up to 64 rows (docs/benchmarks.md). `rowsum` is
+// w.sum(1) (int32, n values).
+Tensor int8_matmul_packed(const Tensor& x, const Tensor& packed, const Tensor& rowsum, int64_t n) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == torch::kInt8 && x.dim() == 2 && x.is_contiguous(),
+              "x must be a contiguous 2-D int8 CPU tensor, got ", x.scalar_type(), " ", x.sizes());
+  TORCH_CHECK(packed.device().is_cpu() && packed.scalar_type() == torch::kInt8 && packed.dim() == 4 && packed.is_contiguous() &&
+                  packed.size(2) == 16 && packed.size(3) == 4 && packed.size(0) % (kPackColumns / 16) == 0,
+              "packed must be a weight packed by pack_int8_weight, got ", packed.scalar_type(), " ", packed.sizes());
+  const int64_t M = x.size(0), K = x.size(1), blocks = packed.size(0), steps = packed.size(1);
+  TORCH_CHECK(steps == (K + 3) / 4, "packed holds rows of ", 4 * steps, " values (padded), x has ", K);
+  TORCH_CHECK(n > blocks * 16 - kPackColumns && n <= blocks * 16, "n = ", n, " does not match the packed weight's ", blocks * 16, " columns");
+  TORCH_CHECK(rowsum.scalar_type() == torch::kInt32 && rowsum.is_contiguous() && rowsum.numel() == n,
+              "rowsum must be int32 with one value per column");
+  Tensor out = torch::empty({M, n}, x.options().dtype(torch::kInt32));
+#ifdef LABS_VNNI_512
+  const int64_t stride = steps * 4;
+  std::vector<uint8_t> shifted(M * stride, 128);  // the padding is x = 0, shifted
+  const int8_t* xp = x.data_ptr<int8_t>();
+  for (int64_t m = 0; m < M; m++)
+    for (int64_t k = 0; k < K; k++) shifted[m * stride + k] = static_cast<uint8_t>(xp[m * K + k] ^ 0x80);
+  const int8_t* wp = packed.data_ptr<int8_t>();
+  const int32_t* rs = rowsum.data_ptr<int32_t>();
+  int32_t* op = out.data_ptr<int32_t>();
+  // measured: 4 rows x 4 blocks per tile up to 4 rows, 8 x 2 beyond (fewer registers spilled)
+  if (M <= 4) {
+    packed_matmul<4, 4>(shifted.data(), M, stride, wp, blocks, steps, op, n, rs);
+  } else {
+    packed_matmul<8, 2>(shifted.data(), M, stride, wp, blocks, steps, op, n, rs);
+  }
+#else
+  TORCH_CHECK(false, "int8_matmul_packed needs AVX512-VNNI (packed_fast is false on this CPU)");
+#endif
+  return out;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "labs fused row kernels for the int8 CPU forward";
   // Released like torch's own operations, so the API's event loop runs while a kernel does.
@@ -717,10 +844,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("keys"), py::arg("values"), py::arg("lengths"), py::arg("buffer_rows") = py::none(), without_gil);
   m.def("lora_update", &lora_update, "LoRA updates of the rows with an adapter, from int8 activations", without_gil);
   m.def("int8_matmul_few_rows", &int8_matmul_few_rows, "exact int32 x @ w.T for a few rows, bound by reading w", without_gil);
+  m.def("pack_int8_weight", &pack_int8_weight, "an int8 [N, K] weight in int8_matmul_packed's layout", without_gil);
+  m.def("int8_matmul_packed", &int8_matmul_packed, "exact int32 x @ w.T from a packed weight", py::arg("x"), py::arg("packed"),
+        py::arg("rowsum"), py::arg("n"), without_gil);
 #ifdef LABS_VNNI_512
   m.attr("few_rows_fast") = true;
+  m.attr("packed_fast") = true;
 #else
   m.attr("few_rows_fast") = false;  // the portable loop: correct, but oneDNN's is faster
+  m.attr("packed_fast") = false;  // int8_matmul_packed refuses: there is no portable packed loop
 #endif
   m.def("decode_attention", &decode_attention, "decode attention over the dense decode buffer, batch-invariant", py::arg("q"), py::arg("keys"),
         py::arg("values"), py::arg("lengths"), py::arg("scale"), py::arg("buffer_rows") = py::none(), without_gil);
