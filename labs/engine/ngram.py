@@ -35,7 +35,8 @@ class NgramDrafter:
         self._indexed = max(self._indexed, last + 1)
 
     def propose(self, count: int) -> list[int]:
-        """Up to `count` tokens that followed the longest n-gram ending the text, or []."""
+        """The tokens that followed the longest n-gram ending the text, at most `count` and at most
+        that n-gram's length; or []."""
         if count <= 0:
             return []
         tokens = self.tokens
@@ -44,5 +45,5 @@ class NgramDrafter:
                 continue
             start = self._follows[n].get(tuple(tokens[-n:]))
             if start is not None:
-                return tokens[start:start + count]
+                return tokens[start:start + min(count, n)]
         return []

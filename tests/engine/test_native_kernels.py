@@ -274,8 +274,15 @@ def test_the_kernels_split_work_over_torchs_threads(kernels: ModuleType) -> None
         return time.perf_counter() - wall, time.process_time() - cpu
 
     cpu_seconds(20)
-    wall, cpu = cpu_seconds(400)
-    assert cpu > 1.3 * wall, f"{cpu:.3f} s of CPU in {wall:.3f} s: the kernel ran on one thread"
+    # the best of three tries: a moment of another process on a core lowers one try's ratio, while
+    # a kernel built without OpenMP never uses more CPU than wall time in any
+    ratios = []
+    for _ in range(3):
+        wall, cpu = cpu_seconds(400)
+        ratios.append(cpu / wall)
+        if ratios[-1] > 1.3:
+            break
+    assert max(ratios) > 1.3, f"CPU / wall time {', '.join(f'{r:.2f}' for r in ratios)}: the kernel ran on one thread"
 
 
 def test_store_pages_writes_each_token_to_its_slot(kernels: ModuleType) -> None:

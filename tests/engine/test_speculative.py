@@ -33,12 +33,24 @@ def test_the_drafter_proposes_what_followed_the_longest_recent_match() -> None:
     assert drafter.propose(0) == []
 
 
+def test_a_draft_is_no_longer_than_the_match_it_came_from() -> None:
+    drafter = NgramDrafter(max_n=3, min_n=1)
+    drafter.extend([1, 2, 3, 4, 5, 6, 7, 8, 9, 2])
+    assert drafter.propose(4) == [3]  # only "2" matched: one token
+    drafter.extend([3])
+    assert drafter.propose(4) == [4, 5]  # "2 3": two
+    drafter.extend([4])
+    assert drafter.propose(4) == [5, 6, 7]  # "2 3 4": three (max_n)
+
+
 def test_the_drafter_never_matches_the_text_against_itself() -> None:
     drafter = NgramDrafter()
     drafter.extend([5, 6, 7])
     assert drafter.propose(4) == []  # no earlier occurrence of any tail
-    drafter.extend([5])
-    assert drafter.propose(4) == [6, 7, 5]  # "5" was followed by 6 7 (and then the text runs out)
+    drafter.extend([6])
+    assert drafter.propose(4) == [7]  # "6" was followed by 7 (and a one-token match drafts one token)
+    drafter.extend([7, 5, 6, 7])
+    assert drafter.propose(4) == [6, 7, 5]  # "5 6 7" began the text, then 6 7 5; not the "5 6 7" that ends it
     with pytest.raises(ValueError, match="min_n <= max_n"):
         NgramDrafter(max_n=1, min_n=2)
 
