@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from labs.engine.attention import PagedBatch, paged_attention
+from labs.engine.decode_buffer import DenseDecodeRows
 from labs.engine.kv_cache import available_ram
 from labs.engine.lora import LoraBatch, LoraSlot
 from labs.models.int8 import Int8Linear, int8_matmul
@@ -201,6 +202,7 @@ class FusedLlamaForward:
                 scale=float(getattr(attention, "scaling", self.head_dim ** -0.5)),
             ))
         self.kernels: ModuleType | None = None  # set by the runner once labs.engine.native is loaded
+        self.stack: Any = None  # kernels.DecodeStack: the layers of a decode-only step in one native call
         self.kernels_apply = (self.head.int8 and all(layer.qkv.int8 for layer in self.layers) and self.embed.weight.dtype == torch.float32
                               and self.embed.weight.device.type == "cpu")
         logger.info("fused forward for %s (%d layers%s)", config.model_type, len(self.layers), ", int8" if self.head.int8 else "")
@@ -223,6 +225,12 @@ class FusedLlamaForward:
                 logger.info("int8 weights not packed: a second copy (%.0f MiB) would take more than %d%% of the available memory "
                             "(%.0f MiB); decode steps multiply the row-major weights", size / 2**20, PACKED_SHARE_OF_RAM * 100,
                             available / 2**20)
+        if self.head.int8:
+            self.stack = kernels.DecodeStack(
+                [layer.input_norm for layer in self.layers], [layer.post_norm for layer in self.layers], [layer.scale for layer in self.layers],
+                [(fused.weight, fused.packed, fused.rowsum, fused.weight_scale, fused.bias)
+                 for layer in self.layers for fused in (layer.qkv, layer.o, layer.gate_up, layer.down)],
+                self.heads, self.kv_heads, self.head_dim, self.eps, PACKED_ROWS, FEW_ROWS)
         self.kernels = kernels
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -275,7 +283,9 @@ class FusedLlamaForward:
         calls and the attention (whose cache writes and decode softmax use them too).
 
         LoRA updates enter the kernels as a per-row addend (where the bias goes), computed by one
-        more kernel from the int8 activations the base matmul multiplied."""
+        more kernel from the int8 activations the base matmul multiplied. A step of decoding rows
+        only, without LoRA, runs the same kernels in the same order in one native call
+        (kernels.DecodeStack), so its bits are the same."""
         tokens = hidden.shape[0]
 
         def addend(x: torch.Tensor, x_scale: torch.Tensor, index: int, group: str, fused: FusedLinear) -> torch.Tensor | None:
@@ -290,6 +300,11 @@ class FusedLlamaForward:
         q_width, kv_width = self.heads * self.head_dim, self.kv_heads * self.head_dim
         rotary_heads = self.heads + self.kv_heads
         x, x_scale = kernels.rms_norm_quantize(hidden, self.layers[0].input_norm, self.eps)
+        decode = batch.decode
+        if self.stack is not None and lora is None and not batch.prefills and isinstance(decode, DenseDecodeRows) and decode.count == tokens:
+            self.stack.run(hidden, x, x_scale, cos, sin_signed, batch.key_cache, batch.value_cache, batch.slot_mapping, decode.keys,
+                           decode.values, decode.lengths, decode.buffer_rows)
+            return self._head_with_kernels(kernels, hidden, keep)
         for index, layer in enumerate(self.layers):
             qkv = kernels.dequantize_rotary(int8_products(kernels, x, layer.qkv), x_scale, layer.qkv.weight_scale,
                                             addend(x, x_scale, index, "qkv", layer.qkv), cos, sin_signed, rotary_heads, self.head_dim)
@@ -308,5 +323,8 @@ class FusedLlamaForward:
                                                                 self.layers[index + 1].input_norm, self.eps)
             else:
                 kernels.residual_add(down, x_scale, layer.down.weight_scale, down_addend, hidden)
+        return self._head_with_kernels(kernels, hidden, keep)
+
+    def _head_with_kernels(self, kernels: ModuleType, hidden: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         x, x_scale = kernels.rms_norm_quantize(hidden.index_select(0, keep), self.final_norm, self.eps)
         return kernels.dequantize(int8_products(kernels, x, self.head), x_scale, self.head.weight_scale, self.head.bias)

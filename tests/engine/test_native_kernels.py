@@ -8,7 +8,7 @@ import re
 import time
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 import torch
@@ -411,9 +411,12 @@ def test_decode_attention_refuses_what_does_not_fit(kernels: ModuleType) -> None
 # ---------------------------------------------------------------------------- through the engine
 
 
-def greedy_with_logprobs(model_and_tokenizer: tuple[Any, Any], native: str, prompts: list[list[int]]) -> list[tuple[list[int], list[float]]]:
+def greedy_with_logprobs(model_and_tokenizer: tuple[Any, Any], native: str, prompts: list[list[int]],
+                         adjust: Callable[[Any], None] | None = None) -> list[tuple[list[int], list[float]]]:
     core = tiny_core(model_and_tokenizer, native_kernels=native)
     assert (core.runner.fused.kernels is not None) == (native == "on")
+    if adjust is not None:
+        adjust(core)
     sink = Collector()
     for i, prompt in enumerate(prompts):  # joining one step apart: prefill chunks next to decodes
         core.add_request(f"r{i}", prompt, SamplingParams(max_tokens=10, temperature=0, min_tokens=10, logprobs=0), sink)
@@ -458,6 +461,49 @@ def test_packed_weights_give_the_same_bits_and_are_skipped_when_memory_is_short(
     assert all(fused.packed is None for fused in core.runner.fused.linears())
     assert "int8 weights not packed: a second copy" in caplog.text
     assert greedy_with_logprobs((model, tokenizer), "on", prompts) == packed
+
+
+class CountingStack:
+    """A DecodeStack that counts its calls (it is a native object: its method cannot be patched)."""
+
+    def __init__(self, stack: Any) -> None:
+        self.stack, self.calls = stack, 0
+
+    def run(self, *args: Any) -> None:
+        self.calls += 1
+        self.stack.run(*args)
+
+
+def test_decode_steps_in_one_native_call_give_the_same_bits(tiny_model_dir: Path) -> None:
+    """kernels.DecodeStack runs a decode-only step's layers in one call: the same tokens and
+    logprobs, bit for bit, as the layer-by-layer Python loop (which prefill steps still take)."""
+    model, tokenizer = load_fp32(tiny_model_dir)
+    quantize_linears_int8(model)
+    prompts = prompts_of_lengths([6, 40, 19, 3], seed=13)
+    stacks: list[CountingStack] = []
+
+    def count(core: Any) -> None:
+        stacks.append(CountingStack(core.runner.fused.stack))
+        core.runner.fused.stack = stacks[-1]
+
+    def without(core: Any) -> None:
+        core.runner.fused.stack = None
+
+    one_call = greedy_with_logprobs((model, tokenizer), "on", prompts, count)
+    assert stacks[0].calls >= 5  # the steps after the last prompt joined decode only
+    assert greedy_with_logprobs((model, tokenizer), "on", prompts, without) == one_call
+
+
+def test_the_decode_stack_refuses_what_does_not_fit(kernels: ModuleType) -> None:
+    norm, weight = torch.ones(8), torch.zeros(8, 8, dtype=torch.int8)
+    linear = (weight, None, weight.sum(dim=1, dtype=torch.int32), torch.ones(8), None)
+    with pytest.raises(RuntimeError, match="two norms, a scale and four linears"):
+        kernels.DecodeStack([norm], [norm], [1.0], [linear] * 3, 1, 1, 8, 1e-5, 64, 8)
+    stack = kernels.DecodeStack([norm], [norm], [1.0], [linear] * 4, 1, 1, 8, 1e-5, 64, 8)
+    hidden = torch.zeros(2, 8)
+    with pytest.raises(RuntimeError, match="one cache and one decode-buffer tensor per layer"):
+        stack.run(hidden, *kernels.quantize(hidden), torch.ones(2, 8), torch.zeros(2, 8), [], [], torch.zeros(2, dtype=torch.long),
+                  [], [], torch.ones(2, dtype=torch.long))
 
 
 def test_the_default_model_in_int8_gives_the_same_tokens_alone_and_batched(default_model_dir: Path) -> None:

@@ -828,6 +828,101 @@ Tensor int8_matmul_packed(const Tensor& x, const Tensor& packed, const Tensor& r
   return out;
 }
 
+// A fused int8 linear as the decoder layers hold it: the row-major weight [N, K], its packed copy
+// (or none), each row's sum, the per-column scales and an optional bias.
+struct Int8Linear {
+  Tensor weight;
+  std::optional<Tensor> packed;
+  Tensor rowsum, scale;
+  std::optional<Tensor> bias;
+};
+
+// The decoder layers of a decode-only step in one call: the same kernels, in the same order and
+// on the same values, as FusedLlamaForward._layers_with_kernels runs them one Python call at a
+// time, so every bit is the same; only the per-layer Python and dispatch (~30 us a layer, a
+// tenth of a one-sequence step) is gone. The weights are handed over once; the caches and the
+// decode buffer's per-layer views come with each step.
+class DecodeStack {
+ public:
+  using LinearParts = std::tuple<Tensor, std::optional<Tensor>, Tensor, Tensor, std::optional<Tensor>>;
+
+  DecodeStack(std::vector<Tensor> input_norms, std::vector<Tensor> post_norms, std::vector<double> scales,
+              const std::vector<LinearParts>& linears, int64_t heads, int64_t kv_heads, int64_t head_dim, double eps,
+              int64_t packed_rows, int64_t few_rows)
+      : input_norms_(std::move(input_norms)), post_norms_(std::move(post_norms)), scales_(std::move(scales)), heads_(heads),
+        kv_heads_(kv_heads), head_dim_(head_dim), eps_(eps), packed_rows_(packed_rows), few_rows_(few_rows) {
+    const size_t layers = input_norms_.size();
+    TORCH_CHECK(post_norms_.size() == layers && scales_.size() == layers && linears.size() == 4 * layers,
+                "DecodeStack needs per layer: two norms, a scale and four linears (qkv, o, gate_up, down)");
+    for (const LinearParts& parts : linears) {
+      const auto& [weight, packed, rowsum, scale, bias] = parts;
+      linears_.push_back({weight, packed, rowsum, scale, bias});
+    }
+  }
+
+  int64_t num_layers() const { return static_cast<int64_t>(input_norms_.size()); }
+
+  // hidden [T, H] (updated in place) through every layer; x, x_scale: the first layer's input,
+  // RMSNorm(hidden) quantized. Every row is a decoding row (query row i attends to buffer row
+  // buffer_rows[i], or i).
+  void run(Tensor& hidden, const Tensor& x0, const Tensor& x_scale0, const Tensor& cos, const Tensor& sin_signed,
+           const std::vector<Tensor>& key_cache, const std::vector<Tensor>& value_cache, const Tensor& slots,
+           const std::vector<Tensor>& keys, const std::vector<Tensor>& values, const Tensor& lengths,
+           const std::optional<Tensor>& buffer_rows) const {
+    const int64_t layers = num_layers(), tokens = hidden.size(0);
+    TORCH_CHECK(static_cast<int64_t>(key_cache.size()) == layers && static_cast<int64_t>(value_cache.size()) == layers &&
+                    static_cast<int64_t>(keys.size()) == layers && static_cast<int64_t>(values.size()) == layers,
+                "one cache and one decode-buffer tensor per layer");
+    TORCH_CHECK(lengths.numel() == tokens, "a decode-only step has one length per row (", lengths.numel(), " for ", tokens, " rows)");
+    const int64_t q_width = heads_ * head_dim_, kv_width = kv_heads_ * head_dim_;
+    Tensor x = x0, x_scale = x_scale0;
+    for (int64_t i = 0; i < layers; i++) {
+      const Int8Linear& qkv_linear = linears_[4 * i];
+      const Int8Linear& o_linear = linears_[4 * i + 1];
+      const Int8Linear& gate_up_linear = linears_[4 * i + 2];
+      const Int8Linear& down_linear = linears_[4 * i + 3];
+      const Tensor qkv = dequantize_rotary(products(x, qkv_linear), x_scale, qkv_linear.scale, qkv_linear.bias, cos, sin_signed,
+                                           heads_ + kv_heads_, head_dim_);
+      const Tensor query = qkv.narrow(1, 0, q_width).view({tokens, heads_, head_dim_});
+      const Tensor key = qkv.narrow(1, q_width, kv_width).view({tokens, kv_heads_, head_dim_});
+      const Tensor value = qkv.narrow(1, q_width + kv_width, kv_width).view({tokens, kv_heads_, head_dim_});
+      Tensor layer_keys = key_cache[i], layer_values = value_cache[i], buffer_keys = keys[i], buffer_values = values[i];
+      store_pages(key, value, layer_keys, layer_values, slots);
+      store_decode_rows(key, value, buffer_keys, buffer_values, lengths, buffer_rows);
+      const Tensor attended = decode_attention(query, buffer_keys, buffer_values, lengths, scales_[i], buffer_rows);
+      std::tie(x, x_scale) = quantize(attended.view({tokens, q_width}));
+      std::tie(x, x_scale) = residual_rms_norm_quantize(products(x, o_linear), x_scale, o_linear.scale, o_linear.bias, hidden,
+                                                        post_norms_[i], eps_);
+      std::tie(x, x_scale) = silu_mul_quantize(products(x, gate_up_linear), x_scale, gate_up_linear.scale, gate_up_linear.bias);
+      const Tensor down = products(x, down_linear);
+      if (i + 1 < layers) {
+        std::tie(x, x_scale) = residual_rms_norm_quantize(down, x_scale, down_linear.scale, down_linear.bias, hidden,
+                                                          input_norms_[i + 1], eps_);
+      } else {
+        residual_add(down, x_scale, down_linear.scale, down_linear.bias, hidden);
+      }
+    }
+  }
+
+ private:
+  // fused_llama.int8_products' choice, made here the same way (every path gives the same exact sums)
+  Tensor products(const Tensor& x, const Int8Linear& linear) const {
+    const int64_t rows = x.size(0);
+    if (linear.packed && rows <= packed_rows_) return int8_matmul_packed(x, *linear.packed, linear.rowsum, linear.weight.size(0));
+#ifdef LABS_VNNI_512
+    if (rows <= few_rows_) return int8_matmul_few_rows(x, linear.weight, linear.rowsum);
+#endif
+    return at::_int_mm(x, linear.weight.t());
+  }
+
+  std::vector<Tensor> input_norms_, post_norms_;
+  std::vector<double> scales_;
+  std::vector<Int8Linear> linears_;
+  int64_t heads_, kv_heads_, head_dim_;
+  double eps_;
+  int64_t packed_rows_, few_rows_;
+};
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "labs fused row kernels for the int8 CPU forward";
   // Released like torch's own operations, so the API's event loop runs while a kernel does.
@@ -854,6 +949,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("few_rows_fast") = false;  // the portable loop: correct, but oneDNN's is faster
   m.attr("packed_fast") = false;  // int8_matmul_packed refuses: there is no portable packed loop
 #endif
+  py::class_<DecodeStack>(m, "DecodeStack", "the decoder layers of a decode-only step in one call")
+      .def(py::init<std::vector<Tensor>, std::vector<Tensor>, std::vector<double>, const std::vector<DecodeStack::LinearParts>&, int64_t,
+                    int64_t, int64_t, double, int64_t, int64_t>(),
+           py::arg("input_norms"), py::arg("post_norms"), py::arg("scales"), py::arg("linears"), py::arg("heads"), py::arg("kv_heads"),
+           py::arg("head_dim"), py::arg("eps"), py::arg("packed_rows"), py::arg("few_rows"))
+      .def_property_readonly("num_layers", &DecodeStack::num_layers)
+      .def("run", &DecodeStack::run, "hidden through every layer, in place", py::arg("hidden"), py::arg("x"), py::arg("x_scale"),
+           py::arg("cos"), py::arg("sin_signed"), py::arg("key_cache"), py::arg("value_cache"), py::arg("slots"), py::arg("keys"),
+           py::arg("values"), py::arg("lengths"), py::arg("buffer_rows") = py::none(), without_gil);
   m.def("decode_attention", &decode_attention, "decode attention over the dense decode buffer, batch-invariant", py::arg("q"), py::arg("keys"),
         py::arg("values"), py::arg("lengths"), py::arg("scale"), py::arg("buffer_rows") = py::none(), without_gil);
 }
