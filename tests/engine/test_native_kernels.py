@@ -315,6 +315,20 @@ def test_store_decode_rows_writes_at_each_rows_length(kernels: ModuleType) -> No
         kernels.store_decode_rows(key, value, keys, values, torch.tensor([1, 25, 3]))
 
 
+def test_store_decode_rows_splits_many_rows_over_threads_and_writes_each_once(kernels: ModuleType) -> None:
+    """From 8 rows on the rows are split over threads; draft rows share a buffer row at their own positions."""
+    rows, heads, dims, capacity, count = 40, 3, 64, 32, 37
+    keys, values = torch.zeros(rows, heads, dims, capacity), torch.zeros(rows, heads, capacity, dims)
+    key, value = torch.randn(count, heads, dims), torch.randn(count, heads, dims)
+    buffer_rows = torch.tensor(list(range(33)) + [33, 33, 33, 33])  # the last four rows: one sequence, a token and 3 drafts
+    lengths = torch.tensor([1 + i % capacity for i in range(33)] + [5, 6, 7, 8])
+    kernels.store_decode_rows(key, value, keys, values, lengths, buffer_rows)
+    for i in range(count):
+        row, position = int(buffer_rows[i]), int(lengths[i]) - 1
+        assert torch.equal(keys[row, :, :, position], key[i]) and torch.equal(values[row, :, position], value[i])
+    assert torch.count_nonzero(keys) == count * heads * dims and torch.count_nonzero(values) == count * heads * dims
+
+
 def reference_decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, lengths: list[int],
                                scale: float) -> torch.Tensor:
     """Each sequence alone, in float64: softmax(q K^T * scale) V over its first `length` positions."""

@@ -360,15 +360,20 @@ void store_decode_rows(const Tensor& key, const Tensor& value, Tensor& keys, Ten
   const float* vp = value.data_ptr<float>();
   float* kb = keys.data_ptr<float>();
   float* vb = values.data_ptr<float>();
-  for (int64_t i = 0; i < count; i++) {
-    const int64_t position = lp[i] - 1, row = rows == nullptr ? i : rows[i];
-    for (int64_t h = 0; h < heads; h++) {
-      const float* k = kp + i * key.stride(0) + h * key.stride(1);
-      float* column = kb + ((row * heads + h) * dims) * capacity + position;
-      for (int64_t d = 0; d < dims; d++) column[d * capacity] = k[d];
-      std::memcpy(vb + ((row * heads + h) * capacity + position) * dims, vp + i * value.stride(0) + h * value.stride(1), dims * sizeof(float));
+  // a key goes down a column of the transposed buffer, one cache line per value: split over
+  // threads from 8 rows on (~2 ms of a 32-sequence step on one)
+  at::parallel_for(0, count, 8, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; i++) {
+      const int64_t position = lp[i] - 1, row = rows == nullptr ? i : rows[i];
+      for (int64_t h = 0; h < heads; h++) {
+        const float* k = kp + i * key.stride(0) + h * key.stride(1);
+        float* column = kb + ((row * heads + h) * dims) * capacity + position;
+        for (int64_t d = 0; d < dims; d++) column[d * capacity] = k[d];
+        std::memcpy(vb + ((row * heads + h) * capacity + position) * dims, vp + i * value.stride(0) + h * value.stride(1),
+                    dims * sizeof(float));
+      }
     }
-  }
+  });
 }
 
 // Softmax of x[0:n] * factor in place, its sum in a fixed order: lane j adds the elements
