@@ -98,14 +98,9 @@ PACKED_SHARE_OF_RAM = 0.25
 
 
 def int8_products(kernels: ModuleType, x: torch.Tensor, fused: FusedLinear) -> torch.Tensor:
-    """The exact int32 products of int8 activations and a fused int8 weight, by the fastest of
-    three interchangeable paths (all are exact integer sums, so the choice never changes a bit)."""
-    rows = x.shape[0]
-    if fused.packed is not None and rows <= PACKED_ROWS:
-        return kernels.int8_matmul_packed(x, fused.packed, fused.rowsum, fused.weight.shape[0])
-    if rows <= FEW_ROWS and kernels.few_rows_fast:
-        return kernels.int8_matmul_few_rows(x, fused.weight, fused.rowsum)
-    return torch._int_mm(x, fused.weight.t())
+    """The exact int32 products of int8 activations and a fused int8 weight (kernels.int8_products
+    picks the fastest of its interchangeable paths, the same way DecodeStack does)."""
+    return kernels.int8_products(x, fused.weight, fused.packed, fused.rowsum, PACKED_ROWS, FEW_ROWS)
 
 
 @dataclass
@@ -208,13 +203,14 @@ class FusedLlamaForward:
         logger.info("fused forward for %s (%d layers%s)", config.model_type, len(self.layers), ", int8" if self.head.int8 else "")
 
     def linears(self) -> list[FusedLinear]:
+        """The head, then each layer's four linears in DecodeStack's order (qkv, o, gate_up, down)."""
         return [self.head] + [fused for layer in self.layers for fused in (layer.qkv, layer.o, layer.gate_up, layer.down)]
 
     def use_kernels(self, kernels: ModuleType) -> None:
         """Run the native kernels from now on; where they multiply packed weights faster (AVX512
         VNNI), pack a copy of the int8 weights first, if it fits PACKED_SHARE_OF_RAM."""
+        linears = self.linears()
         if kernels.packed_fast and self.head.int8:
-            linears = self.linears()
             size = sum(fused.weight.numel() for fused in linears)
             available = available_ram()
             if size <= PACKED_SHARE_OF_RAM * available:
@@ -228,8 +224,7 @@ class FusedLlamaForward:
         if self.head.int8:
             self.stack = kernels.DecodeStack(
                 [layer.input_norm for layer in self.layers], [layer.post_norm for layer in self.layers], [layer.scale for layer in self.layers],
-                [(fused.weight, fused.packed, fused.rowsum, fused.weight_scale, fused.bias)
-                 for layer in self.layers for fused in (layer.qkv, layer.o, layer.gate_up, layer.down)],
+                [(fused.weight, fused.packed, fused.rowsum, fused.weight_scale, fused.bias) for fused in linears[1:]],
                 self.heads, self.kv_heads, self.head_dim, self.eps, PACKED_ROWS, FEW_ROWS)
         self.kernels = kernels
 

@@ -833,6 +833,22 @@ Tensor int8_matmul_packed(const Tensor& x, const Tensor& packed, const Tensor& r
   return out;
 }
 
+// The exact int32 products of int8 activations x [M, K] and an int8 weight [N, K], by the fastest
+// of three interchangeable paths (all exact integer sums, so the choice never changes a bit): the
+// packed copy up to `packed_rows` rows, the row-major weight up to `few_rows` (VNNI builds), else
+// oneDNN. The one place the choice is made, for the Python loop and DecodeStack alike.
+Tensor int8_products(const Tensor& x, const Tensor& weight, const std::optional<Tensor>& packed, const Tensor& rowsum,
+                     int64_t packed_rows, int64_t few_rows) {
+  const int64_t rows = x.size(0);
+  if (packed && rows <= packed_rows) return int8_matmul_packed(x, *packed, rowsum, weight.size(0));
+#ifdef LABS_VNNI_512
+  if (rows <= few_rows) return int8_matmul_few_rows(x, weight, rowsum);
+#else
+  (void)few_rows;
+#endif
+  return at::_int_mm(x, weight.t());
+}
+
 // A fused int8 linear as the decoder layers hold it: the row-major weight [N, K], its packed copy
 // (or none), each row's sum, the per-column scales and an optional bias.
 struct Int8Linear {
@@ -910,14 +926,8 @@ class DecodeStack {
   }
 
  private:
-  // fused_llama.int8_products' choice, made here the same way (every path gives the same exact sums)
   Tensor products(const Tensor& x, const Int8Linear& linear) const {
-    const int64_t rows = x.size(0);
-    if (linear.packed && rows <= packed_rows_) return int8_matmul_packed(x, *linear.packed, linear.rowsum, linear.weight.size(0));
-#ifdef LABS_VNNI_512
-    if (rows <= few_rows_) return int8_matmul_few_rows(x, linear.weight, linear.rowsum);
-#endif
-    return at::_int_mm(x, linear.weight.t());
+    return int8_products(x, linear.weight, linear.packed, linear.rowsum, packed_rows_, few_rows_);
   }
 
   std::vector<Tensor> input_norms_, post_norms_;
@@ -944,6 +954,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("keys"), py::arg("values"), py::arg("lengths"), py::arg("buffer_rows") = py::none(), without_gil);
   m.def("lora_update", &lora_update, "LoRA updates of the rows with an adapter, from int8 activations", without_gil);
   m.def("int8_matmul_few_rows", &int8_matmul_few_rows, "exact int32 x @ w.T for a few rows, bound by reading w", without_gil);
+  m.def("int8_products", &int8_products, "exact int32 x @ weight.T by the fastest path for its rows", py::arg("x"), py::arg("weight"),
+        py::arg("packed"), py::arg("rowsum"), py::arg("packed_rows"), py::arg("few_rows"), without_gil);
   m.def("pack_int8_weight", &pack_int8_weight, "an int8 [N, K] weight in int8_matmul_packed's layout", without_gil);
   m.def("int8_matmul_packed", &int8_matmul_packed, "exact int32 x @ w.T from a packed weight", py::arg("x"), py::arg("packed"),
         py::arg("rowsum"), py::arg("n"), without_gil);
