@@ -84,7 +84,8 @@ class EngineCore:
         self.tokenizer = tokenizer
         self.context_length = context_length
         shape = cache_shape_for(model, context_length)
-        register_paged_attention()
+        if not callable(getattr(model, "kv_cache_geometry", None)):  # transformers' modules: attention through the engine
+            register_paged_attention()
         model.set_attn_implementation(ATTENTION_NAME)
         self.model = model
         device = next(model.parameters()).device

@@ -25,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from labs.engine.kv_cache import CacheShape
+from labs.engine.kv_cache import CacheShape, zeros
 from labs.engine.sequence import Sequence
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class DecodeBuffer:
         self.device = device
         # one region per layer for keys, one for values; zeros, so nothing read is ever garbage
         self._region = max_bytes // (2 * shape.num_layers) // (torch.finfo(shape.dtype).bits // 8)
-        self.storage = torch.zeros(2 * shape.num_layers * self._region, dtype=shape.dtype, device=device)
+        self.storage = zeros((2 * shape.num_layers * self._region,), shape.dtype, device)
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         self.row_capacity = 0

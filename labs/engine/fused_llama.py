@@ -49,7 +49,7 @@ class FusedLinear:
         if self.int8:
             self.weight = _fuse_and_share(layers, "qweight")
             self.weight_scale = _fuse_and_share(layers, "weight_scale")
-            self.rowsum = self.weight.sum(dim=1, dtype=torch.int32)
+            self.rowsum = _row_sums(self.weight)
         else:
             self.weight = _fuse_and_share(layers, "weight")
         biases = [layer.bias for layer in layers]
@@ -74,6 +74,9 @@ def _fuse_and_share(layers: list[nn.Module], attribute: str) -> torch.Tensor:
     parts = [getattr(layer, attribute) for layer in layers]
     if len(parts) == 1:
         return parts[0].detach()
+    adjacent = _adjacent(parts)
+    if adjacent is not None:  # already side by side in one tensor (labs.models.lean_record's int8 weights)
+        return adjacent
     fused = torch.cat([part.detach() for part in parts])
     start = 0
     for layer, part in zip(layers, parts):
@@ -84,6 +87,31 @@ def _fuse_and_share(layers: list[nn.Module], attribute: str) -> torch.Tensor:
         else:
             layer.register_buffer(attribute, view)
     return fused
+
+
+def _row_sums(weight: torch.Tensor) -> torch.Tensor:
+    """Each int8 row's exact sum (int32), as one int8 matmul with a block of ones: ~10x faster than
+    torch's int8 sum into int32 (32 ms for SmolLM2's head here, 4 ms this way)."""
+    if weight.device.type != "cpu" or weight.shape[0] <= 16:
+        return weight.sum(dim=1, dtype=torch.int32)
+    ones = torch.ones(weight.shape[1], 8, dtype=torch.int8, device=weight.device)
+    return torch._int_mm(weight.contiguous(), ones)[:, 0].contiguous()
+
+
+def _adjacent(parts: list[torch.Tensor]) -> torch.Tensor | None:
+    """One view spanning `parts` when they are contiguous, of one storage, each starting where the
+    previous ends (so the fused matrix needs no copy), else None."""
+    first = parts[0]
+    if any(not part.is_contiguous() or part.shape[1:] != first.shape[1:] or part.dtype != first.dtype
+           or part.untyped_storage().data_ptr() != first.untyped_storage().data_ptr() for part in parts):
+        return None
+    position = first.data_ptr()
+    for part in parts:
+        if part.data_ptr() != position:
+            return None
+        position += part.numel() * part.element_size()
+    rows = sum(part.shape[0] for part in parts)
+    return first.detach().as_strided((rows, *first.shape[1:]), first.stride())
 
 
 # Up to this many rows, the native kernels multiply by the int8 weights faster than oneDNN's

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import copy
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -69,9 +70,17 @@ class Guide:
     def _llg_tokenizer(self) -> Any:
         if self._tokenizer is None:
             import llguidance
-            import llguidance.hf
 
-            self._tokenizer = llguidance.hf.from_tokenizer(self._hf_tokenizer)
+            # as llguidance.hf.from_tokenizer does, without importing transformers: the Rust backend
+            # of a fast tokenizer (a transformers one or labs' LeanTokenizer), serialized
+            backend = getattr(self._hf_tokenizer, "backend_tokenizer", None)
+            if backend is None:
+                raise SamplingParamsError("response_format", "structured output needs a fast (tokenizers-backed) tokenizer, "
+                                          f"and this model's is {type(self._hf_tokenizer).__name__}")
+            backend = copy.copy(backend)
+            backend.no_padding()
+            backend.no_truncation()
+            self._tokenizer = llguidance.LLTokenizer(backend.to_str(), eos_token=self._hf_tokenizer.eos_token_id)
             self._executor = llguidance.LLExecutor()
         return self._tokenizer
 

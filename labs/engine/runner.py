@@ -16,6 +16,7 @@ import torch
 
 from labs.engine.attention import DecodeRows, PagedBatch, PrefillChunk, batch_context
 from labs.engine.decode_buffer import DecodeBuffer
+from labs.engine.errors import UnsupportedModelError
 from labs.engine.adapters import AdapterSet
 from labs.engine.fused_llama import FusedLlamaForward, supports
 from labs.engine.kv_blocks import BlockAllocator
@@ -58,6 +59,10 @@ class ModelRunner:
                 self.fused = FusedLlamaForward(model)
             else:
                 logger.info("running the model's own forward: the fused forward does not cover %s", reason)
+        if self.fused is None and callable(getattr(model, "kv_cache_geometry", None)):
+            raise UnsupportedModelError(f"{type(model).__name__} runs only through the engine's fused forward, which is "
+                                        f"{'off (fused_forward = false)' if not fused else 'not available for it'}: load the "
+                                        "model through transformers")
         self.native: NativeKernels | None = None
         if self.fused is not None and self.fused.kernels_apply:
             self.native = NativeKernels(native_kernels, native_cache_dir)

@@ -66,6 +66,17 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight_scale", scale)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float(), requires_grad=False)
 
+    @classmethod
+    def from_quantized(cls, qweight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None) -> "Int8Linear":
+        """The layer from weights quantized earlier (labs.models.lean_record keeps them between starts)."""
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        layer.out_features, layer.in_features = qweight.shape
+        layer.register_buffer("qweight", qweight)
+        layer.register_buffer("weight_scale", weight_scale)
+        layer.bias = None if bias is None else nn.Parameter(bias.float(), requires_grad=False)
+        return layer
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features).float()
         out = int8_matmul(flat, self.qweight.t(), self.weight_scale)
@@ -89,5 +100,6 @@ def quantize_linears_int8(model: nn.Module) -> int:
             if isinstance(child, nn.Linear) and child.weight.device.type == "cpu":
                 setattr(parent, name, Int8Linear(child))
                 replaced += 1
-    logger.info("int8 weights: %d linear layers quantized", replaced)
+    if replaced:
+        logger.info("int8 weights: %d linear layers quantized", replaced)
     return replaced

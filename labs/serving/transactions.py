@@ -11,11 +11,14 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from labs.config import Settings
 from labs.errors import ConfigError
-from labs.rag.transactions import TransactionAnswer, TransactionsTable, answer_question
 from labs.serving.turn import Turn
+
+if TYPE_CHECKING:  # pandas (0.2 s) is imported when a transactions file is there to read, not before
+    from labs.rag.transactions import TransactionAnswer, TransactionsTable
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +54,8 @@ class TransactionsService:
         stamp = (stat.st_size, stat.st_mtime_ns)
         with self._lock:
             if self._table is None or stamp != self._stamp:
+                from labs.rag.transactions import TransactionsTable
+
                 self._table = TransactionsTable.load(path, currency_symbol=self.currency_symbol)
                 self._stamp = stamp
                 logger.info("loaded transactions from %s", path)
@@ -63,6 +68,8 @@ class TransactionsService:
         table = self.table()
         if table is None:
             return None
+        from labs.rag.transactions import answer_question
+
         return answer_question(table, question)
 
     def answer_turn(self, turn: Turn) -> TransactionAnswer | None:
@@ -81,6 +88,8 @@ class TransactionsService:
         table = self.table()
         if table is None:
             raise ConfigError("no transactions file is configured: set LABS_TRANSACTIONS_CSV to your CSV")
+        from labs.rag.transactions import answer_question
+
         result = answer_question(table, question, routed=True)
         assert result is not None
         return result

@@ -179,3 +179,37 @@ def test_bf16_fused_forward_agrees_with_the_model_own_forward(tiny_model_dir: Pa
     for (fused_tokens, fused_logprobs), (own_tokens, own_logprobs) in zip(*runs):
         assert fused_tokens == own_tokens
         assert max(abs(a - b) for a, b in zip(fused_logprobs, own_logprobs)) < 0.02
+
+
+def test_row_sums_are_exact_for_any_shape() -> None:
+    from labs.engine.fused_llama import _row_sums
+
+    generator = torch.Generator().manual_seed(0)
+    for rows, columns in ((1, 5), (16, 3), (17, 576), (300, 1536), (1000, 4097)):
+        weight = torch.randint(-127, 128, (rows, columns), dtype=torch.int8, generator=generator)
+        weight[0] = 127  # the largest sums
+        assert torch.equal(_row_sums(weight), weight.sum(dim=1, dtype=torch.int32))
+
+
+def test_layers_already_side_by_side_are_fused_without_a_copy() -> None:
+    from labs.engine.fused_llama import _adjacent
+
+    storage = torch.arange(60, dtype=torch.float32)
+    q, k, v = storage[:20].view(4, 5), storage[20:30].view(2, 5), storage[30:40].view(2, 5)
+    fused = _adjacent([q, k, v])
+    assert fused is not None and fused.data_ptr() == q.data_ptr() and torch.equal(fused, storage[:40].view(8, 5))
+    assert _adjacent([q, storage[30:40].view(2, 5)]) is None  # a gap
+    assert _adjacent([k, q]) is None  # out of order
+    assert _adjacent([q, torch.zeros(2, 5)]) is None  # another storage
+    assert _adjacent([q, storage[20:30].view(5, 2)]) is None  # another width
+
+
+def test_cpu_caches_start_as_zeros_that_can_be_written() -> None:
+    from labs.engine.kv_cache import zeros
+
+    cache = zeros((3, 1000, 64), torch.float32, "cpu")
+    assert cache.shape == (3, 1000, 64) and cache.dtype == torch.float32 and not cache.any()
+    cache[1, 999] = 2.5
+    assert float(cache.sum()) == 2.5 * 64
+    assert zeros((0, 4), torch.float16, "cpu").shape == (0, 4)
+    assert zeros((2, 3), torch.bfloat16, "cpu").dtype == torch.bfloat16

@@ -716,14 +716,25 @@ Tensor pack_int8_weight(const Tensor& w) {
               "w must be a contiguous int8 [N, K] CPU tensor, got ", w.scalar_type(), " ", w.sizes());
   const int64_t N = w.size(0), K = w.size(1);
   const int64_t blocks = (N + kPackColumns - 1) / kPackColumns * (kPackColumns / 16), steps = (K + 3) / 4;
-  Tensor packed = torch::zeros({blocks, steps, 16, 4}, w.options());
+  // every byte is written once, in order, padding (columns past N, values past K) as zeros
+  Tensor packed = torch::empty({blocks, steps, 16, 4}, w.options());
   const int8_t* wp = w.data_ptr<int8_t>();
   int8_t* pp = packed.data_ptr<int8_t>();
-  at::parallel_for(0, N, 64, [&](int64_t begin, int64_t end) {
-    for (int64_t n = begin; n < end; n++) {
-      int8_t* column = pp + (n / 16) * steps * 64 + (n % 16) * 4;
-      const int8_t* row = wp + n * K;
-      for (int64_t k = 0; k < K; k++) column[(k / 4) * 64 + k % 4] = row[k];
+  at::parallel_for(0, blocks, 4, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; b++) {
+      int8_t* out = pp + b * steps * 64;
+      for (int64_t s = 0; s < steps; s++) {
+        const int64_t k = s * 4, take = std::min<int64_t>(4, K - k);
+        for (int64_t j = 0; j < 16; j++, out += 4) {
+          const int64_t n = b * 16 + j;
+          int32_t four = 0;
+          if (n < N) {
+            if (take == 4) std::memcpy(&four, wp + n * K + k, 4);  // a constant size: one load
+            else std::memcpy(&four, wp + n * K + k, take);
+          }
+          std::memcpy(out, &four, 4);
+        }
+      }
     }
   });
   return packed;
