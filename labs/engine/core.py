@@ -111,7 +111,12 @@ class EngineCore:
         self.cache = KVCache(shape, num_blocks, self.config.block_size, device)
         self.runner = ModelRunner(model, self.cache, self.allocator, self.config.fused_forward, buffer_bytes, self.config.max_num_seqs,
                                   self.config.native_kernels, self.config.native_cache_dir)
-        verify_engine_matches_model(self)  # refuses a model the engine would run wrong
+        if getattr(model, "checked_against_transformers", None) is None:
+            verify_engine_matches_model(self)  # refuses a model the engine would run wrong
+        else:  # labs' own modules (labs.models.lean_llama), compared with transformers' forward when recorded
+            logger.info("%s was checked against transformers' forward when it was recorded (logits within %.2g of their "
+                        "spread); the engine's fused forward reads its modules as they are", type(model).__name__,
+                        model.checked_against_transformers)
         self.adapters = AdapterSet(model, slots, self.config.max_loras, self.config.max_lora_rank,
                                    model.get_input_embeddings().weight.dtype, device)
         if slots:

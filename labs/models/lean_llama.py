@@ -160,6 +160,9 @@ class LeanCausalLM(nn.Module):
         self.model = DecoderStack(config, rotary)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.attn_implementation = "eager"
+        # set by the loader: how closely these modules' logits matched transformers' forward when the
+        # model was recorded (labs.models.lean_record); the engine then skips its own load-time probe
+        self.checked_against_transformers: float | None = None
 
     # the engine declares the geometry of its KV cache from this, instead of probing the forward
     def kv_cache_geometry(self) -> tuple[int, int, int]:

@@ -148,6 +148,7 @@ def _load_lean(folder: Path, record: LeanRecord, placement: Placement) -> tuple[
             logger.warning("the kept int8 weights do not fit the model (%s): quantizing again", error)
             discard_int8(record)
             weights = build(folder, record.rotary, placement.dtype, placement.device)
+        weights.checked_against_transformers = record.logit_difference  # the engine's load-time probe has nothing to add
         if record.tokenizer is not None:
             tokenizer = LeanTokenizer(record.tokenizer_json, record.tokenizer)
         else:

@@ -76,13 +76,19 @@ def test_the_second_load_needs_no_transformers_and_generates_the_same_tokens(cpu
         assert greedy(third, prompts) == lean
 
 
-def test_the_embedded_model_answers_the_same_without_transformers(default_model_dir: Path, tmp_path: Path) -> None:
+def test_the_embedded_model_answers_the_same_without_transformers(default_model_dir: Path, tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
     settings = settings_for(default_model_dir, tmp_path / "cache")
     first, second = load_model(settings), load_model(settings)
     assert isinstance(second.model, LeanCausalLM)
     prompt = chat_ids(first.tokenizer, "What is the capital of France?")
-    (tokens, logprobs), = greedy(first, [prompt], tokens=8)
-    (lean_tokens, lean_logprobs), = greedy(second, [prompt], tokens=8)
+    with caplog.at_level(logging.INFO, logger="labs.engine"):
+        (tokens, logprobs), = greedy(first, [prompt], tokens=8)
+        assert "checked LlamaForCausalLM (llama) against its own forward" in caplog.text  # transformers' modules: probed
+        caplog.clear()
+        (lean_tokens, lean_logprobs), = greedy(second, [prompt], tokens=8)
+        assert "LeanCausalLM was checked against transformers' forward when it was recorded" in caplog.text
+        assert "against its own forward" not in caplog.text
     assert lean_tokens == tokens and lean_logprobs == logprobs
     assert "Paris" in second.tokenizer.decode(lean_tokens)
 
