@@ -211,7 +211,9 @@ def zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str
     size = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
     if torch.device(device).type != "cpu" or size == 0:
         return torch.zeros(shape, dtype=dtype, device=device)
-    return torch.frombuffer(mmap.mmap(-1, size), dtype=dtype).view(shape)
+    # private: a forked child gets its own copy on write, never the parent's cache
+    memory = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return torch.frombuffer(memory, dtype=dtype).view(shape)
 
 
 def num_blocks_for_budget(shape: CacheShape, block_size: int, budget_bytes: int) -> int:
