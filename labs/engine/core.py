@@ -23,7 +23,7 @@ from labs.engine.guided import Guide
 from labs.engine.errors import EngineRequestError
 from labs.engine.kv_blocks import BlockAllocator
 from labs.engine.fused_llama import lora_slots, supports
-from labs.engine.kv_cache import KVCache, budget_bytes, cache_shape_for, num_blocks_for_budget
+from labs.engine.kv_cache import KVCache, budget_bytes, cache_shape_for, is_labs_model, num_blocks_for_budget
 from labs.engine.lora import LoraSlot, module_slots, slot_bytes
 from labs.engine.ngram import NgramDrafter
 from labs.engine.runner import ModelRunner, StepLogits
@@ -84,9 +84,9 @@ class EngineCore:
         self.tokenizer = tokenizer
         self.context_length = context_length
         shape = cache_shape_for(model, context_length)
-        if not callable(getattr(model, "kv_cache_geometry", None)):  # transformers' modules: attention through the engine
+        if not is_labs_model(model):  # transformers' modules attend through the engine's paged attention
             register_paged_attention()
-        model.set_attn_implementation(ATTENTION_NAME)
+            model.set_attn_implementation(ATTENTION_NAME)
         self.model = model
         device = next(model.parameters()).device
         budget = budget_bytes(self.config.kv_cache_memory, device)

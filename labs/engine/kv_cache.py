@@ -62,14 +62,19 @@ def cache_shape_for(model: Any, context_length: int) -> CacheShape:
     shape = _geometry.get(model)
     if shape is None or shape.dtype != _dtype_of(model):
         refuse_known_unsupported(model)
-        declared = getattr(model, "kv_cache_geometry", None)
-        if callable(declared):  # labs' own modules (labs.models.lean_llama) know their geometry by construction
-            layers, kv_heads, head_dim = declared()
+        if is_labs_model(model):  # known by construction
+            layers, kv_heads, head_dim = model.kv_cache_geometry()
             shape = CacheShape(layers, kv_heads, head_dim, _dtype_of(model))
         else:
             shape = _record_attention_shapes(model)
         _geometry[model] = shape
     return shape
+
+
+def is_labs_model(model: Any) -> bool:
+    """labs' own modules (labs.models.lean_llama): they declare their cache geometry and run only
+    through the fused forward; transformers' modules are probed and attend through the engine."""
+    return callable(getattr(model, "kv_cache_geometry", None))
 
 
 def text_config(model: Any) -> Any:

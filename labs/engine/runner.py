@@ -20,7 +20,7 @@ from labs.engine.errors import UnsupportedModelError
 from labs.engine.adapters import AdapterSet
 from labs.engine.fused_llama import FusedLlamaForward, supports
 from labs.engine.kv_blocks import BlockAllocator
-from labs.engine.kv_cache import KVCache
+from labs.engine.kv_cache import KVCache, is_labs_model
 from labs.engine.lora import LoraBatch, install_hooks, lora_context
 from labs.engine.native import NativeKernels
 from labs.engine.scheduler import SchedulerOutput
@@ -59,7 +59,7 @@ class ModelRunner:
                 self.fused = FusedLlamaForward(model)
             else:
                 logger.info("running the model's own forward: the fused forward does not cover %s", reason)
-        if self.fused is None and callable(getattr(model, "kv_cache_geometry", None)):
+        if self.fused is None and is_labs_model(model):
             raise UnsupportedModelError(f"{type(model).__name__} runs only through the engine's fused forward, which is "
                                         f"{'off (fused_forward = false)' if not fused else 'not available for it'}: load the "
                                         "model through transformers")

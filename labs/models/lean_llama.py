@@ -5,7 +5,7 @@ loading a small model. The engine runs these models through its fused forward, w
 their weights, the rotary frequencies and a few config values; this module builds exactly that:
 modules with the names and shapes of transformers' (so int8 quantization, LoRA adapters and the
 fused forward find what they look for), filled from the checkpoint, plus a plain eager forward
-that the engine's load-time check compares its paged forward with.
+that the record compares with transformers' forward.
 
 What cannot be read from config.json alone, the rotary frequencies transformers computed for the
 model's rope type, comes from a record made when the model was first loaded through transformers
@@ -70,7 +70,8 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, rotary: Rotary) -> None:
         super().__init__()
-        self.register_buffer("inv_freq", torch.tensor(rotary.inv_freq, dtype=torch.float32), persistent=False)
+        # on the CPU even while the model is built on the meta device: the frequencies are known now
+        self.register_buffer("inv_freq", torch.tensor(rotary.inv_freq, dtype=torch.float32, device="cpu"), persistent=False)
         self.attention_scaling = rotary.attention_scaling
 
     @torch.no_grad()
@@ -159,7 +160,6 @@ class LeanCausalLM(nn.Module):
         self.generation_config = SimpleNamespace(**generation)
         self.model = DecoderStack(config, rotary)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.attn_implementation = "eager"
         # set by the loader: how closely these modules' logits matched transformers' forward when the
         # model was recorded (labs.models.lean_record); the engine then skips its own load-time probe
         self.checked_against_transformers: float | None = None
@@ -177,12 +177,11 @@ class LeanCausalLM(nn.Module):
         return self.lm_head
 
     def set_attn_implementation(self, name: str) -> None:
-        """Accepted for the engine's load-time check; this forward always attends eagerly (the
-        engine runs its own fused forward on the weights, never this one's attention)."""
-        self.attn_implementation = name
+        """Accepted as transformers' models accept it (the engine's load-time probe switches to eager
+        and back); this forward always attends eagerly, and the engine runs its fused forward."""
 
     @torch.inference_mode()
-    def forward(self, input_ids: torch.Tensor, use_cache: bool = False, **_: Any) -> SimpleNamespace:
+    def forward(self, input_ids: torch.Tensor, **_: Any) -> SimpleNamespace:
         """Logits [batch, length, vocab] for `input_ids` [batch, length] from position 0: the reference."""
         hidden = self.model.embed_tokens(input_ids)
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)[None].expand(input_ids.shape[0], -1)
@@ -206,8 +205,8 @@ def build(folder: Path, rotary: Rotary, dtype: torch.dtype, device: str,
           int8: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> LeanCausalLM:
     """The model in `folder` with its weights in `dtype` on `device` (ValueError if the checkpoint
     does not hold exactly the weights this layout has). With `int8` (each linear layer's int8
-    weight and scales, quantized at an earlier start) the linear layers
-    are `Int8Linear`s made from them, and their floating-point weights are never read."""
+    weight and scales, quantized at an earlier start) the linear layers are `Int8Linear`s made
+    from them, and their floating-point weights are never read."""
     from safetensors import safe_open
 
     from labs.models.int8 import Int8Linear
@@ -260,7 +259,7 @@ def build(folder: Path, rotary: Rotary, dtype: torch.dtype, device: str,
             setattr(modules[owner], attribute, Int8Linear.from_quantized(qweight, scale, loaded.get(f"{name}.bias")))
     elif tied:
         model.lm_head.weight = model.model.embed_tokens.weight
-    model.model.rotary_emb.inv_freq = torch.tensor(rotary.inv_freq, dtype=torch.float32, device=device)
+    model.model.rotary_emb.to(device)
     return model.eval()
 
 
@@ -278,6 +277,5 @@ def adopt_weights(model: Any, rotary: Rotary) -> LeanCausalLM:
             raise ValueError(f"transformers' model has no weight {name} of shape {tuple(parameter.shape)}")
         owner, _, attribute = name.rpartition(".")
         setattr(modules[owner], attribute, source)
-    lean.model.rotary_emb.inv_freq = torch.tensor(rotary.inv_freq, dtype=torch.float32,
-                                                  device=model.get_input_embeddings().weight.device)
+    lean.model.rotary_emb.to(model.get_input_embeddings().weight.device)
     return lean.eval()

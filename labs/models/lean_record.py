@@ -42,7 +42,6 @@ TOKENIZER_PROBES = ("Hello, world!", "  leading spaces and\ttabs\n\nnew lines", 
 
 @dataclass(frozen=True)
 class LeanRecord:
-    architecture: str
     rotary: Rotary
     tokenizer: dict[str, Any] | None  # the snapshot's attributes, None: load the tokenizer through transformers
     folder: Path  # where the record lives
@@ -86,7 +85,7 @@ def read_record(model_folder: Path, cache_dir: Path) -> LeanRecord | None:
         if data.get("format") != RECORD_FORMAT:
             return None
         rotary = Rotary([float(x) for x in data["rotary"]["inv_freq"]], float(data["rotary"]["attention_scaling"]))
-        return LeanRecord(str(data["architecture"]), rotary, data.get("tokenizer"), folder, float(data["logit_difference"]))
+        return LeanRecord(rotary, data.get("tokenizer"), folder, float(data["logit_difference"]))
     except (OSError, ValueError, KeyError, TypeError) as error:
         logger.warning("ignoring the unreadable lean-load record %s: %s", path, error)
         return None
@@ -155,7 +154,7 @@ def write_record(model_folder: Path, cache_dir: Path, model: Any, tokenizer: Any
         return None
     logger.info("recorded %s for loading without transformers (logits agree within %.2g of their spread%s)",
                 model_folder.name, difference, "" if snapshot is not None else "; the tokenizer still loads through transformers")
-    return LeanRecord(type(model).__name__, rotary, snapshot[1] if snapshot is not None else None, final, difference)
+    return LeanRecord(rotary, snapshot[1] if snapshot is not None else None, final, difference)
 
 
 def _model_difference(model: Any, rotary: Rotary) -> float:

@@ -83,9 +83,6 @@ class LeanTokenizer:
     def get_vocab(self) -> dict[str, int]:
         return self.backend_tokenizer.get_vocab(with_added_tokens=True)
 
-    def convert_tokens_to_ids(self, token: str) -> int | None:
-        return self.backend_tokenizer.token_to_id(token)
-
     def convert_ids_to_tokens(self, ids: int | list[int]) -> str | None | list[str | None]:
         if isinstance(ids, int):
             return self.backend_tokenizer.id_to_token(ids)
@@ -181,8 +178,6 @@ def plain_template_data(value: Any) -> Any:
         return value
     if isinstance(value, str):
         return str.__str__(value)
-    if isinstance(value, bool):
-        return bool(value)
     if isinstance(value, int):
         return int.__int__(value)
     if isinstance(value, float):

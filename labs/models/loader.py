@@ -113,10 +113,10 @@ def load_model(settings: Settings, model: str | None = None, progress: Progress 
         started = time.perf_counter()
         weights, tokenizer = _load_with_transformers(settings, source, folder, placement)
         how = "through transformers"
-        if lean_reason is None:
-            record = write_record(folder, settings.paths.cache_dir, weights, tokenizer)
     if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
         tokenizer.pad_token = tokenizer.eos_token
+    if record is None and lean_reason is None:  # loaded through transformers: record it for the next start
+        record = write_record(folder, settings.paths.cache_dir, weights, tokenizer)
     quant = "4-bit" if settings.quantization.load_in_4bit else "8-bit" if settings.quantization.load_in_8bit else None
     if placement.int8_linear:
         if quantize_linears_int8(weights) and record is not None and placement.device == "cpu":
@@ -179,8 +179,6 @@ def _load_with_transformers(settings: Settings, source: ModelSource, folder: Pat
         hint = " (this model may need trust_remote_code=true, only if you trust it)" if "trust_remote_code" in message else ""
         raise ModelLoadError(f"cannot load model {source.name} from {folder}: {message}{hint}") from None
     weights.eval()
-    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
-        tokenizer.pad_token = tokenizer.eos_token
     return weights, tokenizer
 
 
